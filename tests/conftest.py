@@ -1,0 +1,55 @@
+"""Shared pytest fixtures: the SmolLM2 tokenizer, the embedded and tiny model checkpoints, shared test data.
+
+The environment is set before anything imports ``huggingface_hub`` (which reads ``HF_HUB_OFFLINE`` at
+import time), so the project modules are imported inside the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+"""Read-only real test data (MT-Bench files, HH-RLHF sample); optional."""
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """Directory of the materialised embedded SmolLM2-135M-Instruct checkpoint.
+
+    Materialised into the default cache (``$DLRML_CACHE`` / ``~/.cache/dlrml-sweep``), so only the first
+    test run pays for the GGUF dequantisation.
+    """
+    from trainers.models import materialize_embedded_model
+
+    return materialize_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_model_dir: Path):
+    """The SmolLM2 tokenizer (ChatML chat template, pad token set), loaded from the embedded checkpoint."""
+    from trainers.models import load_tokenizer
+
+    return load_tokenizer(str(embedded_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
+    """Directory with a tiny random SmolLM2-architecture model (seed 0) plus the SmolLM2 tokenizer."""
+    from trainers.models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """Path of ``../shared`` (real read-only test data); skips the test when it is missing."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DIR}")
+    return SHARED_DIR
