@@ -179,19 +179,14 @@ class PreferenceData:
         for name in ("train", "eval"):
             split = getattr(self, name)
             if not isinstance(split, datasets.Dataset):
-                raise TypeError(
-                    f"PreferenceData.{name} must be a datasets.Dataset, got {type(split).__name__}"
-                )
+                raise TypeError(f"PreferenceData.{name} must be a datasets.Dataset, got {type(split).__name__}")
             if tuple(split.column_names) != COLUMNS:
-                raise ValueError(
-                    f"PreferenceData.{name} must have columns {COLUMNS}, got {split.column_names}"
-                )
+                raise ValueError(f"PreferenceData.{name} must have columns {COLUMNS}, got {split.column_names}")
             if len(split) == 0:
                 raise ValueError(f"PreferenceData.{name} is empty")
         if self.train.features != self.eval.features:
             raise ValueError(
-                f"PreferenceData train and eval features differ: {self.train.features} "
-                f"vs {self.eval.features}"
+                f"PreferenceData train and eval features differ: {self.train.features} vs {self.eval.features}"
             )
         if not self.source:
             raise ValueError("PreferenceData.source must be a non-empty string")
@@ -357,9 +352,7 @@ def _open_hub(name: str, *, split: str, for_eval: bool) -> tuple[_Reader, _Reade
             f"from the HuggingFace hub, which failed{why}: {type(err).__name__}: {err}"
         ) from err
     if not isinstance(splits, datasets.DatasetDict):
-        raise PreferenceDataError(
-            f"expected a dataset with named splits, got {type(splits).__name__}", source=name
-        )
+        raise PreferenceDataError(f"expected a dataset with named splits, got {type(splits).__name__}", source=name)
     if for_eval and "test" in splits:
         split = "test"
     if split in splits:
@@ -373,9 +366,7 @@ def _open_hub(name: str, *, split: str, for_eval: bool) -> tuple[_Reader, _Reade
             ) from err
     own_eval = splits["test"] if not for_eval and split != "test" and "test" in splits else None
     reader = _Reader(f"{name}:{split}", "row", enumerate(train, start=1))
-    eval_reader = (
-        _Reader(f"{name}:test", "row", enumerate(own_eval, start=1)) if own_eval is not None else None
-    )
+    eval_reader = _Reader(f"{name}:test", "row", enumerate(own_eval, start=1)) if own_eval is not None else None
     return reader, eval_reader
 
 
@@ -482,9 +473,7 @@ def _normalise_record(record: Any) -> _Pair:
         )
     for name in ("chosen", "rejected"):
         if name not in record:
-            raise _RowError(
-                "missing_column", name, f"missing column {name!r} (row has {sorted(map(str, record))})"
-            )
+            raise _RowError("missing_column", name, f"missing column {name!r} (row has {sorted(map(str, record))})")
     chosen, rejected = record["chosen"], record["rejected"]
     chosen_kind, rejected_kind = _kind(chosen, "chosen"), _kind(rejected, "rejected")
     prompt = record.get("prompt")
@@ -547,8 +536,7 @@ def _check_pair(pair: _Pair) -> None:
             raise _RowError(
                 "malformed_message",
                 f"{name}[0].role",
-                f"the completion must start with an assistant message, got {role!r} "
-                "(does it repeat the prompt?)",
+                f"the completion must start with an assistant message, got {role!r} (does it repeat the prompt?)",
             )
 
 
@@ -558,9 +546,7 @@ def _kind(value: Any, name: str) -> str:
         return "text"
     if isinstance(value, (list, tuple)):
         return "messages"
-    raise _RowError(
-        "invalid_type", name, f"expected a string or a list of chat messages, got {_type_name(value)}"
-    )
+    raise _RowError("invalid_type", name, f"expected a string or a list of chat messages, got {_type_name(value)}")
 
 
 def _text(value: str, name: str) -> str:
@@ -592,13 +578,9 @@ def _messages(value: list | tuple, name: str) -> Messages:
             )
         role, content = message["role"], message["content"]
         if role not in MESSAGE_ROLES:
-            raise _RowError(
-                "malformed_message", f"{where}.role", f"unknown role {role!r}; expected {MESSAGE_ROLES}"
-            )
+            raise _RowError("malformed_message", f"{where}.role", f"unknown role {role!r}; expected {MESSAGE_ROLES}")
         if not isinstance(content, str):
-            raise _RowError(
-                "invalid_type", f"{where}.content", f"content must be a string, got {_type_name(content)}"
-            )
+            raise _RowError("invalid_type", f"{where}.content", f"content must be a string, got {_type_name(content)}")
         if not content.strip():
             raise _RowError("empty_text", f"{where}.content", "message content is empty")
         messages.append({"role": role, "content": content})
@@ -626,9 +608,7 @@ def _split_implicit_messages(chosen: list | tuple, rejected: list | tuple) -> _P
         )
     if not split["chosen"] or not split["rejected"]:
         shorter = "chosen" if not split["chosen"] else "rejected"
-        raise _RowError(
-            "empty_text", shorter, f"implicit prompt: {shorter!r} has no reply after the shared prompt"
-        )
+        raise _RowError("empty_text", shorter, f"implicit prompt: {shorter!r} has no reply after the shared prompt")
     return _Pair(split["prompt"], split["chosen"], split["rejected"], conversational=True)
 
 
@@ -657,16 +637,12 @@ def parse_hh_transcript(transcript: str, name: str = "transcript") -> Messages:
     body = transcript if transcript.startswith("\n\n") else "\n\n" + transcript.lstrip()
     parts = _TRANSCRIPT_TURN.split(body)
     if parts[0].strip():
-        raise _RowError(
-            "malformed_transcript", name, f"text before the first 'Human:' turn: {parts[0]!r:.60}"
-        )
+        raise _RowError("malformed_transcript", name, f"text before the first 'Human:' turn: {parts[0]!r:.60}")
     roles, contents = parts[1::2], parts[2::2]
     if not roles:
         raise _RowError("malformed_transcript", name, "no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
     if roles[0] != "Human":
-        raise _RowError(
-            "malformed_transcript", name, f"the transcript must start with 'Human:', not {roles[0]!r}"
-        )
+        raise _RowError("malformed_transcript", name, f"the transcript must start with 'Human:', not {roles[0]!r}")
     for index in range(1, len(roles)):
         if roles[index] == roles[index - 1]:
             raise _RowError(
@@ -699,8 +675,7 @@ def _split_transcripts(chosen: str, rejected: str) -> _Pair:
         raise _RowError(
             "malformed_transcript",
             "rejected",
-            "the conversation before the final 'Assistant:' reply differs from 'chosen' "
-            f"(first at turn {turn})",
+            f"the conversation before the final 'Assistant:' reply differs from 'chosen' (first at turn {turn})",
         )
     for name, messages in (("chosen", chosen_messages), ("rejected", rejected_messages)):
         if not messages[-1]["content"]:
@@ -724,9 +699,7 @@ def _prompt_key(pair: _Pair) -> str:
     return json.dumps(pair.prompt, ensure_ascii=False, sort_keys=True)
 
 
-def _carve_eval(
-    pairs: list[_Pair], fraction: float, seed: int, source: str
-) -> tuple[list[_Pair], list[_Pair]]:
+def _carve_eval(pairs: list[_Pair], fraction: float, seed: int, source: str) -> tuple[list[_Pair], list[_Pair]]:
     """Hold out whole prompts (about ``fraction`` of the rows) so no eval prompt is also trained on."""
     sizes = Counter(_prompt_key(pair) for pair in pairs)
     if len(sizes) < 2:

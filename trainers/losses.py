@@ -247,9 +247,7 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("dpo", dpo_loss, ("beta_kl",), trl_loss_type="sigmoid"),
         LossSpec("ipo", ipo_loss, ("beta_kl",), logp_reduction="mean", trl_loss_type="ipo"),
         LossSpec("hinge", hinge_loss, ("beta_kl",), trl_loss_type="hinge"),
-        LossSpec(
-            "discopop", discopop_loss, ("beta_kl", "tau"), trl_loss_type="discopop", defaults=_LRML_DEFAULTS
-        ),
+        LossSpec("discopop", discopop_loss, ("beta_kl", "tau"), trl_loss_type="discopop", defaults=_LRML_DEFAULTS),
         LossSpec("dlrml", dlrml_loss, ("beta_kl", "beta_mix", "tau"), defaults=_LRML_DEFAULTS),
         LossSpec(
             "dlrml_learnable",

@@ -300,8 +300,7 @@ def _check_local_files(spec: str, path: str, wanted: tuple[str, ...], what: str)
     local = Path(path).expanduser()
     if local.is_dir() and not any((local / name).is_file() for name in wanted):
         raise FileNotFoundError(
-            f"model directory {spec!r} holds no {what} (none of {list(wanted)}); was it written with "
-            "save_pretrained?"
+            f"model directory {spec!r} holds no {what} (none of {list(wanted)}); was it written with save_pretrained?"
         )
 
 

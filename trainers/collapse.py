@@ -1,0 +1,202 @@
+"""Collapse detection shared by a single trial and the sweep's Ray stopper.
+
+A trial is *diverged* at the first step where one of these holds (checked on the per-step metrics that the
+trainer logs under TRL's names):
+
+* ``non_finite_loss``: the logged loss, or any per-example loss (``nan_inf/loss`` > 0), is NaN/Inf;
+* ``non_finite_grad``: the pre-clip gradient norm is NaN/Inf, or ``nan_inf/grad`` > 0;
+* ``grad_norm_explosion``: after ``grace_steps``, the pre-clip gradient norm exceeds ``grad_norm_factor`` times
+  the running median of the previous ``window`` norms;
+* ``loss_explosion``: after ``grace_steps``, the loss exceeds ``loss_explosion_factor`` times the median loss of
+  the grace period (losses of every family start near their value at ``rho = 0``).
+
+A non-finite value is *genuine* when the loss is mathematically infinite at the batch's log-probs (its float64
+re-evaluation is non-finite too, or the policy's log-probs themselves are non-finite), and *numerical* when the
+float64 re-evaluation is finite, i.e. the training dtype or formula produced it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from trainers.losses import LossSpec
+
+REASONS = ("non_finite_loss", "non_finite_grad", "grad_norm_explosion", "loss_explosion")
+
+
+@dataclass
+class DivergenceConfig:
+    """Thresholds of the divergence monitor.
+
+    Attributes:
+        grace_steps: Steps before the explosion rules apply (non-finite values always count).
+        grad_norm_factor: ``k``: a pre-clip grad norm above ``k`` x running median is an explosion.
+        window: Number of past grad norms in the running median.
+        loss_explosion_factor: A loss above this multiple of the grace-period median loss is an explosion.
+    """
+
+    grace_steps: int = 5
+    grad_norm_factor: float = 10.0
+    window: int = 50
+    loss_explosion_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.grace_steps < 1:
+            raise ValueError(f"divergence.grace_steps must be >= 1, got {self.grace_steps}")
+        if not (math.isfinite(self.grad_norm_factor) and self.grad_norm_factor > 1):
+            raise ValueError(f"divergence.grad_norm_factor must be a finite number > 1, got {self.grad_norm_factor}")
+        if self.window < 1:
+            raise ValueError(f"divergence.window must be >= 1, got {self.window}")
+        if not (math.isfinite(self.loss_explosion_factor) and self.loss_explosion_factor > 1):
+            raise ValueError(
+                f"divergence.loss_explosion_factor must be a finite number > 1, got {self.loss_explosion_factor}"
+            )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a trial.
+
+    Attributes:
+        status: ``"stable"`` or ``"diverged"``.
+        reason: One of :data:`REASONS` when diverged.
+        step: The optimizer step at which divergence was detected.
+        kind: ``"numerical"`` or ``"genuine"`` for non-finite reasons, else ``None``.
+        detail: Human-readable evidence (the offending value and threshold).
+    """
+
+    status: str = "stable"
+    reason: str | None = None
+    step: int | None = None
+    kind: str | None = None
+    detail: str = ""
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the trial diverged."""
+        return self.status == "diverged"
+
+    def describe(self) -> str:
+        """One line, e.g. ``diverged at step 7: non_finite_loss (numerical) - loss=nan``."""
+        if not self.diverged:
+            return "stable"
+        kind = f" ({self.kind})" if self.kind else ""
+        return f"diverged at step {self.step}: {self.reason}{kind} - {self.detail}"
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain-dict form for JSON, MLflow tags and Ray results."""
+        return asdict(self)
+
+
+def _finite(value: object) -> bool:
+    return value is None or math.isfinite(float(value))
+
+
+@dataclass
+class DivergenceMonitor:
+    """Feeds on per-step metric dicts and returns the first divergence verdict.
+
+    Pure Python: the same object serves the trial callback and the Ray ``Stopper`` (one per trial).
+    """
+
+    config: DivergenceConfig = field(default_factory=DivergenceConfig)
+    verdict: Verdict | None = None
+    _grace_losses: list[float] = field(default_factory=list)
+    _grad_norms: deque = field(default_factory=deque)
+    _steps_seen: int = 0
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> Verdict | None:
+        """Consume one training step's metrics.
+
+        Args:
+            step: Optimizer step (1-based) the metrics belong to.
+            metrics: At least ``loss`` and ``grad_norm``; optionally ``nan_inf/loss``, ``nan_inf/grad`` and
+                ``nan_inf/genuine``. Evaluation-only dicts (no ``loss``) are ignored.
+
+        Returns:
+            The divergence verdict the first time a rule fires (and every later call), else ``None``.
+        """
+        if self.verdict is not None:
+            return self.verdict
+        if "loss" not in metrics:
+            return None
+        loss = metrics["loss"]
+        grad_norm = metrics.get("grad_norm")
+        kind = "genuine" if metrics.get("nan_inf/genuine", 0) else "numerical"
+        if not _finite(loss) or metrics.get("nan_inf/loss", 0):
+            return self._diverge(
+                step, "non_finite_loss", kind, f"loss={loss}, nan_inf/loss={metrics.get('nan_inf/loss', 0)}"
+            )
+        if not _finite(grad_norm) or metrics.get("nan_inf/grad", 0):
+            return self._diverge(
+                step,
+                "non_finite_grad",
+                kind,
+                f"grad_norm={grad_norm}, nan_inf/grad={metrics.get('nan_inf/grad', 0)}",
+            )
+        self._steps_seen += 1
+        if self._steps_seen <= self.config.grace_steps:
+            self._grace_losses.append(float(loss))
+        else:
+            baseline = statistics.median(self._grace_losses)
+            threshold = self.config.loss_explosion_factor * max(abs(baseline), 1e-3)
+            if loss > threshold:
+                return self._diverge(step, "loss_explosion", None, f"loss={loss:.4g} > {threshold:.4g}")
+        if grad_norm is not None:
+            if self._steps_seen > self.config.grace_steps and self._grad_norms:
+                median = statistics.median(self._grad_norms)
+                threshold = self.config.grad_norm_factor * median
+                if median > 0 and grad_norm > threshold:
+                    return self._diverge(
+                        step, "grad_norm_explosion", None, f"grad_norm={grad_norm:.4g} > {threshold:.4g}"
+                    )
+            self._grad_norms.append(float(grad_norm))
+            if len(self._grad_norms) > self.config.window:
+                self._grad_norms.popleft()
+        return None
+
+    def final(self) -> Verdict:
+        """The trial's verdict: the divergence if one was seen, else stable."""
+        return self.verdict or Verdict()
+
+    def _diverge(self, step: int, reason: str, kind: str | None, detail: str) -> Verdict:
+        self.verdict = Verdict("diverged", reason, step, kind, detail)
+        return self.verdict
+
+
+def classify_non_finite(
+    spec: LossSpec, hparams: Mapping[str, float], logps: tuple[torch.Tensor, ...], *, check_grad: bool
+) -> str:
+    """Decide whether a non-finite loss or gradient is genuine or numerical.
+
+    Args:
+        spec: The loss that produced it.
+        hparams: Its hyper-parameters (floats; a learnable one at its current value).
+        logps: ``(pi_c, pi_r, ref_c, ref_r)``, each of shape ``(B,)``, from the offending batch.
+        check_grad: Also require the float64 gradient w.r.t. the policy log-probs to be finite.
+
+    Returns:
+        ``"genuine"`` if the policy log-probs are non-finite or the float64 loss (or its gradient) is, else
+        ``"numerical"``.
+    """
+    pi_c, pi_r, ref_c, ref_r = (t.detach().double() for t in logps)
+    if not (torch.isfinite(pi_c).all() and torch.isfinite(pi_r).all()):
+        return "genuine"
+    pi_c.requires_grad_(check_grad)
+    pi_r.requires_grad_(check_grad)
+    kwargs = {**spec.defaults, **{k: float(v) for k, v in hparams.items() if k in spec.params}}
+    with torch.enable_grad():
+        losses = spec.fn(pi_c, pi_r, ref_c, ref_r, **kwargs).losses
+        if not torch.isfinite(losses).all():
+            return "genuine"
+        if check_grad:
+            grads = torch.autograd.grad(losses.sum(), (pi_c, pi_r))
+            if not all(torch.isfinite(g).all() for g in grads):
+                return "genuine"
+    return "numerical"

@@ -1,0 +1,200 @@
+"""A thin TRL ``DPOTrainer`` subclass whose loss comes from the registry, plus collapse monitoring.
+
+The subclass replaces only TRL's loss dispatch (``_compute_loss``) and the gradient clipping hook, so that
+
+* the per-example loss is ``trainers.losses.LOSSES[name].fn`` on the policy / reference log-probs,
+* every step logs the collapse statistics under TRL's metric names (one host sync for all of them),
+* the pre-clip gradient norm comes with a count of non-finite gradient values, and
+* non-finite values are classified as numerical or genuine (:func:`trainers.collapse.classify_non_finite`).
+
+Everything else (tokenisation, the concatenated chosen/rejected forward with TRL's fused LM head, the
+precomputed reference log-probs, optimisation, DeepSpeed) is TRL's and transformers' own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from transformers import TrainerCallback
+from trl import DPOTrainer
+
+from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
+from trainers.config import LossConfig
+from trainers.losses import MIX_SATURATION_EPS, get_loss
+
+_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+
+
+class RegistryDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` optimising a registry loss.
+
+    Args:
+        *args: Passed to ``DPOTrainer`` (``args`` must set ``precompute_ref_log_probs=True`` unless the datasets
+            already carry ``ref_chosen_logps`` / ``ref_rejected_logps`` columns).
+        loss: The loss and its hyper-parameters.
+        **kwargs: Passed to ``DPOTrainer``.
+    """
+
+    def __init__(self, *args, loss: LossConfig, **kwargs) -> None:
+        self.loss_config = loss
+        self.loss_spec = get_loss(loss.name)
+        self.log_beta_mix: torch.nn.Parameter | None = None
+        if "beta_mix" in self.loss_spec.learnable:
+            # beta_mix = exp(log_beta_mix) stays positive whatever the optimiser does.
+            self.log_beta_mix = torch.nn.Parameter(torch.tensor(math.log(loss.beta_mix)))
+        self._last_logps: tuple[torch.Tensor, ...] | None = None
+        super().__init__(*args, **kwargs)
+        if self.log_beta_mix is not None:
+            self.log_beta_mix.data = self.log_beta_mix.data.to(self.accelerator.device)
+
+    def create_optimizer(self, model=None):
+        """TRL/transformers' optimiser plus, for a learnable ``beta_mix``, its own parameter group."""
+        optimizer = super().create_optimizer(model)
+        if self.log_beta_mix is not None and not any(
+            p is self.log_beta_mix for group in optimizer.param_groups for p in group["params"]
+        ):
+            optimizer.add_param_group(
+                {"params": [self.log_beta_mix], "lr": self.loss_config.beta_mix_lr, "weight_decay": 0.0}
+            )
+        return optimizer
+
+    def loss_hparams(self) -> dict[str, float | torch.Tensor]:
+        """Keyword hyper-parameters of the loss; a learnable ``beta_mix`` is a differentiable 0-d tensor."""
+        hparams: dict[str, float | torch.Tensor] = dict(self.loss_config.hparams())
+        if self.log_beta_mix is not None:
+            hparams["beta_mix"] = self.log_beta_mix.exp()
+        return hparams
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        shift_mask = completion_mask[..., 1:]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        # One forward over the concatenated [chosen; rejected] batch; TRL's fused LM head returns per-token
+        # log-probs of the labels (0 on masked positions) without materialising the logits.
+        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
+        logps = outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1)  # (2B,)
+        ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.dtype)
+        if self.loss_spec.logp_reduction == "mean":
+            n_tokens = shift_mask.sum(dim=1).clamp(min=1)
+            loss_logps, loss_ref_logps = logps / n_tokens, ref_logps / n_tokens
+        else:
+            loss_logps, loss_ref_logps = logps, ref_logps
+        pi_c, pi_r = loss_logps.chunk(2)
+        ref_c, ref_r = loss_ref_logps.chunk(2)
+        hparams = self.loss_hparams()
+        out = self.loss_spec.fn(pi_c, pi_r, ref_c, ref_r, **hparams)
+        loss = out.losses.mean()
+        self._last_logps = tuple(t.detach() for t in (pi_c, pi_r, ref_c, ref_r))
+        self._record_metrics(mode, logps, ref_logps, out, hparams)
+        if return_outputs:
+            raise NotImplementedError("RegistryDPOTrainer computes no logits for compute_metrics")
+        return loss
+
+    def _record_metrics(self, mode, logps, ref_logps, out, hparams) -> None:
+        """Append this batch's collapse statistics to TRL's metric buffer with a single host sync.
+
+        Args:
+            mode: ``"train"`` or ``"eval"``.
+            logps: Policy sequence log-probs ``[chosen; rejected]``, shape ``(2B,)``.
+            ref_logps: Reference sequence log-probs, shape ``(2B,)``.
+            out: The loss output (rewards ``(B,)``, mixing coefficient ``(B,)`` or ``None``).
+            hparams: The loss hyper-parameters used.
+        """
+        gather = self.accelerator.gather_for_metrics
+        logps, ref_logps = gather(logps.detach()), gather(ref_logps.detach())
+        chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
+        losses = gather(out.losses.detach())
+        pi_c, pi_r = logps.chunk(2)
+        ref_c, ref_r = ref_logps.chunk(2)
+        margins = chosen_rewards - rejected_rewards
+        stats = {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/margins": margins.mean(),
+            "rewards/accuracies": (margins > 0).float().mean(),
+            "logps/chosen": pi_c.mean(),
+            "logps/rejected": pi_r.mean(),
+            # Sequence log-ratio to the reference over both completions: a cheap proxy of KL(pi || ref).
+            "kl/ref": (logps - ref_logps).mean(),
+            # The reference is the initial policy, so this is the drift of chosen log-probs since the start.
+            "logps/chosen_drift": (pi_c - ref_c).mean(),
+            "nan_inf/loss": (~torch.isfinite(losses)).sum().float(),
+        }
+        if out.mix is not None:
+            mix = gather(out.mix)
+            saturated = (mix < MIX_SATURATION_EPS) | (mix > 1.0 - MIX_SATURATION_EPS)
+            stats["mix/mean"] = mix.mean()
+            stats["mix/saturated_frac"] = saturated.float().mean()
+        if self.log_beta_mix is not None:
+            stats["beta_mix/value"] = hparams["beta_mix"].detach()
+        values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
+        record = dict(zip(stats, values, strict=True))
+        if record["nan_inf/loss"] > 0:
+            kind = classify_non_finite(self.loss_spec, hparams, self._last_logps, check_grad=False)
+            record["nan_inf/genuine"] = float(kind == "genuine")
+        for key, value in record.items():
+            self._metrics[mode][key].append(value)
+
+    def _clip_grad_norm(self, model):
+        """Clip as transformers does, but measure the pre-clip norm and count non-finite gradients first."""
+        if self.is_deepspeed_enabled:
+            # ZeRO partitions the gradients; the engine's global norm is the only view of them.
+            norm = super()._clip_grad_norm(model)
+            non_finite = 0.0 if math.isfinite(float(norm)) else 1.0
+        else:
+            params = [p for p in model.parameters() if p.grad is not None]
+            grads = [p.grad for p in params]
+            per_param = torch.stack(torch._foreach_norm(grads))
+            norm = torch.linalg.vector_norm(per_param)
+            if self.args.max_grad_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, self.args.max_grad_norm, norm)
+            bad_params = ~torch.isfinite(per_param)
+            # Counting elements is only paid for on the (rare) step whose norm is already non-finite.
+            non_finite = float(sum((~torch.isfinite(g)).sum().item() for g in grads)) if bad_params.any() else 0.0
+        self._metrics["train"]["nan_inf/grad"].append(non_finite)
+        if non_finite and self._last_logps is not None and not self._metrics["train"].get("nan_inf/genuine"):
+            kind = classify_non_finite(self.loss_spec, self.loss_hparams(), self._last_logps, check_grad=True)
+            self._metrics["train"]["nan_inf/genuine"].append(float(kind == "genuine"))
+        return norm
+
+
+class CollapseCallback(TrainerCallback):
+    """Feeds every logged step to a :class:`DivergenceMonitor`, stops training at divergence, keeps history.
+
+    Args:
+        monitor: The divergence monitor for this trial.
+        on_metrics: Optional sink called with ``(step, metrics)`` for every logged dict (train and eval), e.g.
+            a Ray Tune reporter or a printer.
+    """
+
+    def __init__(
+        self,
+        monitor: DivergenceMonitor,
+        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.monitor = monitor
+        self.on_metrics = on_metrics
+        self.history: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Record a logged dict; on divergence ask the trainer to stop right away."""
+        if not logs:
+            return
+        record = {"step": state.global_step, **logs}
+        self.history.append(record)
+        verdict = self.monitor.update(state.global_step, logs)
+        if verdict is not None and verdict.diverged:
+            control.should_training_stop = True
+            control.should_evaluate = False
+            control.should_save = False
+        if self.on_metrics is not None:
+            self.on_metrics(state.global_step, record)
+
+    @property
+    def verdict(self) -> Verdict:
+        """The trial's verdict so far."""
+        return self.monitor.final()
