@@ -166,8 +166,7 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
             frame,
             "status",
             unknown,
-            f"is not a known status (expected one of {', '.join(STATUSES)}; unknown values: "
-            f"{', '.join(values)})",
+            f"is not a known status (expected one of {', '.join(STATUSES)}; unknown values: {', '.join(values)})",
         )
 
     loss_ok = frame["loss"].map(lambda v: isinstance(v, str) and v.strip() != "")
@@ -192,9 +191,7 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
     beta_kl = frame["beta_kl"]
     _check_rows(frame, "beta_kl", ~(np.isfinite(beta_kl) & (beta_kl > 0)), "must be finite and > 0")
     beta_mix = frame["beta_mix"]
-    _check_rows(
-        frame, "beta_mix", beta_mix.notna() & ~(np.isfinite(beta_mix) & (beta_mix > 0)), "must be > 0 or NaN"
-    )
+    _check_rows(frame, "beta_mix", beta_mix.notna() & ~(np.isfinite(beta_mix) & (beta_mix > 0)), "must be > 0 or NaN")
     seed = frame["seed"]
     _check_rows(frame, "seed", ~np.isfinite(seed) | (seed != np.round(seed)), "must be an integer")
     for column in ("steps", "diverged_step"):
@@ -212,9 +209,7 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
     _check_rows(frame, "mt_bench_score", mt.notna() & ~mt.between(low, high), f"must lie in [{low}, {high}]")
 
     for column in ("reason", "mt_bench_reason"):
-        frame[column] = (
-            frame[column].map(lambda v: None if v is None or pd.isna(v) else str(v)).astype(object)
-        )
+        frame[column] = frame[column].map(lambda v: None if v is None or pd.isna(v) else str(v)).astype(object)
 
     leading = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
     return frame[[*leading, *(c for c in frame.columns if c not in leading)]]
@@ -385,9 +380,7 @@ def format_cells_table(cells: pd.DataFrame) -> str:
 
     def render(line: Sequence[str]) -> str:
         # Text columns (loss, betas) left-aligned, counts and scores right-aligned.
-        parts = [
-            v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths, strict=True))
-        ]
+        parts = [v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths, strict=True))]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -730,9 +723,7 @@ class StabilityMap:
         raise KeyError(f"no figure {name!r}; written: {', '.join(p.name for p in self.figures)}")
 
 
-def write_stability_map(
-    trials: pd.DataFrame, out_dir: Path, *, stable_threshold: float = 0.0
-) -> StabilityMap:
+def write_stability_map(trials: pd.DataFrame, out_dir: Path, *, stable_threshold: float = 0.0) -> StabilityMap:
     """Writes the per-trial and per-cell tables and the stability heatmaps of a sweep.
 
     Per loss, ``collapse_<loss>.png`` shows the collapse rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
@@ -786,9 +777,7 @@ def write_stability_map(
         score_panels = [panels["accuracy"]]
         if grid.cells["mt_bench_mean"].notna().any():
             score_panels.append(panels["mt_bench"])
-        figures.append(
-            _save(_loss_figure(grid, loss, score_panels, stable_threshold), out_dir / f"score_{stem}.png")
-        )
+        figures.append(_save(_loss_figure(grid, loss, score_panels, stable_threshold), out_dir / f"score_{stem}.png"))
 
     overview_panels = [panels["collapse"], panels["accuracy"]]
     if cells["mt_bench_mean"].notna().any():

