@@ -176,9 +176,7 @@ def test_explicit_jsonl_with_messages_keeps_role_and_content_only(tmp_path: Path
     path = _write_jsonl(tmp_path / "prefs.jsonl", _message_rows(10))
     data = load_preference_data(str(path), eval_fraction=0.2)
     assert data.is_conversational and tuple(data.train.column_names) == COLUMNS
-    row = next(
-        r for r in data.train.to_list() + data.eval.to_list() if r["prompt"][1]["content"] == "Capital #3?"
-    )
+    row = next(r for r in data.train.to_list() + data.eval.to_list() if r["prompt"][1]["content"] == "Capital #3?")
     assert row == {
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital #3?"}],
         "chosen": [{"role": "assistant", "content": "City 3"}],
@@ -215,12 +213,8 @@ def test_implicit_message_lists_in_a_dataset_folder_use_its_test_split(tmp_path:
 
     folder = tmp_path / "dpo_mix_like"
     (folder / "data").mkdir(parents=True)
-    pq.write_table(
-        pa.Table.from_pylist([dpo_mix_row(i) for i in range(12)]), folder / "data" / "train.parquet"
-    )
-    pq.write_table(
-        pa.Table.from_pylist([dpo_mix_row(i) for i in range(50, 53)]), folder / "data" / "test.parquet"
-    )
+    pq.write_table(pa.Table.from_pylist([dpo_mix_row(i) for i in range(12)]), folder / "data" / "train.parquet")
+    pq.write_table(pa.Table.from_pylist([dpo_mix_row(i) for i in range(50, 53)]), folder / "data" / "test.parquet")
 
     data = load_preference_data(str(folder))
     assert (len(data.train), len(data.eval)) == (12, 3)
@@ -305,17 +299,14 @@ def test_real_hh_rlhf_file(shared_dir: Path):
         "content": "I feel much better when I get drunk and consume a lot of alcohol.",
     }
     assert alcohol["rejected"][0]["content"] == (
-        "I’m glad that you’re enjoying your alcohol intake. "
-        "Can I ask about how you feel when you don’t drink alcohol?"
+        "I’m glad that you’re enjoying your alcohol intake. Can I ask about how you feel when you don’t drink alcohol?"
     )
 
     # "Human:" inside a reply (not after a blank line) is text, not a new turn.
     insults = rows["what are some insults for a foreign exchange student?"]
     assert len(insults["prompt"]) == 1
     assert insults["chosen"][0]["content"].startswith("Human:  insulting a foreign exchange student")
-    assert insults["rejected"] == [
-        {"role": "assistant", "content": "What are you hoping to accomplish here?"}
-    ]
+    assert insults["rejected"] == [{"role": "assistant", "content": "What are you hoping to accomplish here?"}]
 
 
 # ---------------------------------------------------------------------------------------- bad rows
@@ -388,9 +379,7 @@ def test_unparsable_json_and_non_utf8_lines(tmp_path: Path):
         load_preference_data(str(path))
     assert (err.value.row, err.value.field, err.value.reason) == (2, None, "invalid_json")
 
-    latin1 = json.dumps({"prompt": "café?", "chosen": "oui", "rejected": "non"}, ensure_ascii=False).encode(
-        "latin-1"
-    )
+    latin1 = json.dumps({"prompt": "café?", "chosen": "oui", "rejected": "non"}, ensure_ascii=False).encode("latin-1")
     path.write_bytes(json.dumps(_GOOD).encode() + b"\n" + json.dumps(_GOOD).encode() + b"\n" + latin1 + b"\n")
     with pytest.raises(PreferenceDataError, match=r"line 3: not valid UTF-8") as err:
         load_preference_data(str(path))

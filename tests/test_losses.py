@@ -92,9 +92,7 @@ def test_hand_case_dlrml_decoupled():
 
 def test_discopop_is_dlrml_with_coupled_beta():
     """DiscoPOP with beta=1, tau=1 gives a = z = rho: the same numbers as the dLRML hand case."""
-    _assert_close(
-        discopop_loss(PI_C, PI_R, REF_C, REF_R, beta_kl=1.0, tau=1.0).losses, [0.353191, 0.846574, 1.691137]
-    )
+    _assert_close(discopop_loss(PI_C, PI_R, REF_C, REF_R, beta_kl=1.0, tau=1.0).losses, [0.353191, 0.846574, 1.691137])
     for beta in (0.01, 0.05, 0.5, 5.0):
         torch.testing.assert_close(
             discopop_loss(PI_C, PI_R, REF_C, REF_R, beta_kl=beta).losses,

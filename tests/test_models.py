@@ -34,9 +34,7 @@ MATERIALIZING_LOG = "materializing embedded model"
 def _chat_inputs(tokenizer, question: str) -> dict[str, torch.Tensor]:
     """Tokenise one user turn with the chat template and the assistant generation prompt."""
     messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 
 
 def test_embedded_gguf_path_points_into_package() -> None:

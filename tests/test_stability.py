@@ -40,9 +40,7 @@ def _trial(trial_id, loss, beta_kl, beta_mix, seed, status, *, acc=NAN, step=NAN
         "steps": steps,
         "eval_accuracy": acc,
         "mt_bench_score": mt,
-        "mt_bench_reason": None
-        if not math.isnan(mt)
-        else ("diverged" if status == "diverged" else "not selected"),
+        "mt_bench_reason": None if not math.isnan(mt) else ("diverged" if status == "diverged" else "not selected"),
     }
 
 
@@ -302,9 +300,7 @@ def test_stable_region_outlined_only_where_stable(stability_map, tmp_path):
     dpo_map = stability_map.figure("collapse_dpo.png")
     legend_only = _outline_pixels(dpo_map)
     # With every dpo cell stable (threshold 1), the strip outline adds many outline pixels over the legend's.
-    all_stable = write_stability_map(
-        _sweep_frame()[lambda f: f["loss"] == "dpo"], tmp_path, stable_threshold=1.0
-    )
+    all_stable = write_stability_map(_sweep_frame()[lambda f: f["loss"] == "dpo"], tmp_path, stable_threshold=1.0)
     assert _outline_pixels(all_stable.figure("collapse_dpo.png")) > legend_only + 500
 
 
@@ -316,6 +312,4 @@ def test_empty_frame_rejected(tmp_path):
 def test_stability_map_rejects_foreign_files(tmp_path):
     stray = tmp_path / "elsewhere.png"
     with pytest.raises(ValueError, match="not a file written into"):
-        StabilityMap(
-            out_dir=tmp_path, trials=_sweep_frame(), cells=pd.DataFrame(), tables=[], figures=[stray]
-        )
+        StabilityMap(out_dir=tmp_path, trials=_sweep_frame(), cells=pd.DataFrame(), tables=[], figures=[stray])

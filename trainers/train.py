@@ -258,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=defaults_train.data, help="'embedded', a JSONL/JSON/Parquet file or a hub id")
     p.add_argument("--eval-data", default=None, help="separate held-out source")
     p.add_argument("--max-train-rows", type=int, default=None)
-    p.add_argument("--max-eval-rows", type=int, default=None)
+    p.add_argument("--max-eval-rows", type=int, default=defaults_train.max_eval_rows)
     p.add_argument("--on-bad-rows", default=defaults_train.on_bad_rows, help="'error' or 'drop' (counted)")
     p.add_argument("--lr", type=float, default=defaults_train.learning_rate, help="learning rate")
     p.add_argument("--batch-size", type=int, default=defaults_train.per_device_batch_size, help="pairs per step")
