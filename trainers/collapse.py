@@ -10,9 +10,10 @@ trainer logs under TRL's names):
 * ``loss_explosion``: after ``grace_steps``, the loss exceeds ``loss_explosion_factor`` times the median loss of
   the grace period (losses of every family start near their value at ``rho = 0``).
 
-A non-finite value is *genuine* when the loss is mathematically infinite at the batch's log-probs (its float64
-re-evaluation is non-finite too, or the policy's log-probs themselves are non-finite), and *numerical* when the
-float64 re-evaluation is finite, i.e. the training dtype or formula produced it.
+A non-finite value is *genuine* when the mathematics demands it: the loss (or its gradient) re-evaluated in float64
+at the batch's log-probs is infinite or beyond the training dtype's range (no formula could represent it), or the
+policy's log-probs themselves are non-finite. It is *numerical* when that true value fits the training dtype, i.e.
+the formula or its evaluation order produced the overflow (e.g. ``0 * inf`` in a naive DiscoPOP).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class DivergenceConfig:
         loss_explosion_factor: A loss above this multiple of the grace-period median loss is an explosion.
     """
 
-    grace_steps: int = 5
+    grace_steps: int = 3
     grad_norm_factor: float = 10.0
     window: int = 50
     loss_explosion_factor: float = 10.0
@@ -171,7 +172,12 @@ class DivergenceMonitor:
 
 
 def classify_non_finite(
-    spec: LossSpec, hparams: Mapping[str, float], logps: tuple[torch.Tensor, ...], *, check_grad: bool
+    spec: LossSpec,
+    hparams: Mapping[str, float],
+    logps: tuple[torch.Tensor, ...],
+    *,
+    check_grad: bool,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
     """Decide whether a non-finite loss or gradient is genuine or numerical.
 
@@ -179,12 +185,18 @@ def classify_non_finite(
         spec: The loss that produced it.
         hparams: Its hyper-parameters (floats; a learnable one at its current value).
         logps: ``(pi_c, pi_r, ref_c, ref_r)``, each of shape ``(B,)``, from the offending batch.
-        check_grad: Also require the float64 gradient w.r.t. the policy log-probs to be finite.
+        check_grad: Also check the float64 gradient w.r.t. the policy log-probs.
+        dtype: The training dtype whose range the true values must fit.
 
     Returns:
-        ``"genuine"`` if the policy log-probs are non-finite or the float64 loss (or its gradient) is, else
-        ``"numerical"``.
+        ``"genuine"`` if the policy log-probs are non-finite or the float64 loss (or its gradient) is non-finite
+        or beyond ``dtype``'s range, else ``"numerical"``.
     """
+    limit = torch.finfo(dtype).max
+
+    def representable(t: torch.Tensor) -> bool:
+        return bool(torch.isfinite(t).all() and t.abs().max() <= limit)
+
     pi_c, pi_r, ref_c, ref_r = (t.detach().double() for t in logps)
     if not (torch.isfinite(pi_c).all() and torch.isfinite(pi_r).all()):
         return "genuine"
@@ -193,10 +205,10 @@ def classify_non_finite(
     kwargs = {**spec.defaults, **{k: float(v) for k, v in hparams.items() if k in spec.params}}
     with torch.enable_grad():
         losses = spec.fn(pi_c, pi_r, ref_c, ref_r, **kwargs).losses
-        if not torch.isfinite(losses).all():
+        if not representable(losses):
             return "genuine"
         if check_grad:
             grads = torch.autograd.grad(losses.sum(), (pi_c, pi_r))
-            if not all(torch.isfinite(g).all() for g in grads):
+            if not all(representable(g) for g in grads):
                 return "genuine"
     return "numerical"

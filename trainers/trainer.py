@@ -134,7 +134,9 @@ class RegistryDPOTrainer(DPOTrainer):
         values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
         record = dict(zip(stats, values, strict=True))
         if record["nan_inf/loss"] > 0:
-            kind = classify_non_finite(self.loss_spec, hparams, self._last_logps, check_grad=False)
+            kind = classify_non_finite(
+                self.loss_spec, hparams, self._last_logps, check_grad=False, dtype=out.losses.dtype
+            )
             record["nan_inf/genuine"] = float(kind == "genuine")
         for key, value in record.items():
             self._metrics[mode][key].append(value)
@@ -157,7 +159,13 @@ class RegistryDPOTrainer(DPOTrainer):
             non_finite = float(sum((~torch.isfinite(g)).sum().item() for g in grads)) if bad_params.any() else 0.0
         self._metrics["train"]["nan_inf/grad"].append(non_finite)
         if non_finite and self._last_logps is not None and not self._metrics["train"].get("nan_inf/genuine"):
-            kind = classify_non_finite(self.loss_spec, self.loss_hparams(), self._last_logps, check_grad=True)
+            kind = classify_non_finite(
+                self.loss_spec,
+                self.loss_hparams(),
+                self._last_logps,
+                check_grad=True,
+                dtype=self._last_logps[0].dtype,
+            )
             self._metrics["train"]["nan_inf/genuine"].append(float(kind == "genuine"))
         return norm
 
