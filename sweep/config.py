@@ -260,6 +260,10 @@ class SweepConfig:
         storage_path: Where Ray Tune keeps trial results and checkpoints (a local path or ``s3://...``; on a
             multi-node cluster use shared storage).
         output_dir: Where the stability map (tables, heatmaps) is written; ``null``: ``<storage_path>/<name>/map``.
+        share_reference: Compute the reference log-probs of every pair once, as a Ray task before the trials, and
+            store them under ``<storage_path>/reference/<key>`` (the key fingerprints model, data, tokenisation,
+            max length and precision; a later sweep with the same key reuses them). Trials then never load a
+            reference model. ``false``: every trial precomputes its own.
         grid: The trial grid.
         train: The base trial every grid point shares (model, data, optimisation, divergence thresholds).
         resources: Per-trial resources.
@@ -271,6 +275,7 @@ class SweepConfig:
     name: str = "dlrml-sweep"
     storage_path: str = "sweep_results"
     output_dir: str | None = None
+    share_reference: bool = True
     grid: GridConfig = field(default_factory=GridConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_steps=10))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sweep.stoppers import REPORT_TYPE, TRAIN_REPORT
 from trainers.collapse import DivergenceMonitor
 from trainers.data import PreferenceData, PreferenceDataError
 from trainers.models import resolve_model_path
+from trainers.reference import ReferenceLogps, compute_reference_logps
 from trainers.train import load_trial_data
 
 STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
@@ -178,6 +180,23 @@ class SweepDriver:
         fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
         return min(fit, resources.max_concurrent_trials or fit)
 
+    def _shared_reference(self) -> ReferenceLogps:
+        """Compute (or reuse) the sweep's reference log-probs as a Ray task on one trial worker's resources."""
+        import ray
+
+        resources = self.config.resources
+        task = ray.remote(
+            num_cpus=resources.cpus_per_worker,
+            num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
+            max_retries=resources.max_failures,
+        )(compute_reference_logps)
+        started = time.monotonic()
+        reference = ray.get(task.remote(self.config.train, self.data, str(Path(self.storage_path) / "reference")))
+        print(
+            f"[sweep] reference log-probs {reference.key} ready in {time.monotonic() - started:.1f} s: {reference.path}"
+        )
+        return reference
+
     def run(self) -> SweepOutcome:
         """Run (or resume) the sweep and write the stability map."""
         import ray
@@ -200,6 +219,8 @@ class SweepDriver:
             f"[sweep] {config.name}: {len(grid)} trials, {self.total_steps()} steps each, "
             f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
         )
+
+        reference = self._shared_reference() if config.share_reference else None
 
         tracker = None
         if config.mlflow.enabled:
@@ -232,6 +253,7 @@ class SweepDriver:
             "train": dataclasses.asdict(config.train),
             "resources": dataclasses.asdict(config.resources),
             "storage_path": self.storage_path,
+            "reference": dataclasses.asdict(reference) if reference else None,
         }
         run_config = tune.RunConfig(
             name=config.name,

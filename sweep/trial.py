@@ -8,6 +8,7 @@ This follows the Tune/Train interop that Ray 2.60 documents for Train V2: the Tu
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from sweep.stoppers import EVAL_REPORT, FINAL_REPORT, REPORT_TYPE, STEP, TRAIN_REPORT
 from trainers.config import LossConfig, TrainConfig
+from trainers.reference import ReferenceLogps
 from trainers.train import HELD_OUT_ACCURACY, run_trial
 
 FINAL = "final"
@@ -36,10 +38,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker loop: train one trial, reporting every logged step and the final verdict.
 
     Args:
-        config: ``{"train": TrainConfig fields, "loss": LossConfig fields}``.
+        config: ``{"train": TrainConfig fields, "loss": LossConfig fields, "reference": ReferenceLogps fields or
+            None}``.
     """
     os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
     datasets.disable_progress_bars()
+    # dill (behind datasets' fingerprinting) disassembles every hashed function at INFO level, which Ray's worker
+    # logging setup would forward to the driver.
+    logging.getLogger("dill").setLevel(logging.WARNING)
     train = TrainConfig(**config["train"])
     loss = LossConfig(**config["loss"])
     latest: dict[str, float] = {}
@@ -52,7 +58,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             latest.update(values)
             ray.train.report({**values, STEP: step, REPORT_TYPE: TRAIN_REPORT})
 
-    result = run_trial(train, loss, on_metrics=report)
+    reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
+    result = run_trial(train, loss, reference=reference, on_metrics=report)
     verdict = result.verdict
     final = {
         **latest,
@@ -85,7 +92,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         worker_resources["GPU"] = resources["gpus_per_worker"]
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"train": train, "loss": trial["loss"]},
+        train_loop_config={"train": train, "loss": trial["loss"], "reference": config.get("reference")},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources["num_workers"], use_gpu=use_gpu, resources_per_worker=worker_resources

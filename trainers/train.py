@@ -28,6 +28,7 @@ from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData, load_preference_data
 from trainers.losses import LOSSES
 from trainers.models import load_model, load_tokenizer
+from trainers.reference import ReferenceLogps, attach_reference_logps
 from trainers.trainer import CollapseCallback, RegistryDPOTrainer
 
 HELD_OUT_ACCURACY = "eval_rewards/accuracies"
@@ -47,7 +48,7 @@ STEP_COLUMNS = (
     "nan_inf/grad",
 )
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -119,7 +120,7 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         max_length=train.max_length,
         seed=train.seed,
         data_seed=train.seed,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,
         deepspeed=train.deepspeed,
         beta=loss.beta_kl,
         loss_type=[spec.trl_loss_type or "sigmoid"],
@@ -175,6 +176,7 @@ def run_trial(
     loss: LossConfig,
     *,
     data: PreferenceData | None = None,
+    reference: ReferenceLogps | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrialResult:
@@ -184,6 +186,8 @@ def run_trial(
         train: Training configuration.
         loss: Loss configuration.
         data: Preloaded preference data (else loaded from ``train.data``).
+        reference: Shared reference log-probs of exactly these pairs (a sweep computes them once); without them
+            the trial runs TRL's reference precompute itself.
         on_metrics: Called with ``(step, metrics)`` for every logged dict (train steps and evaluations).
         callbacks: Extra transformers callbacks (e.g. checkpoint reporting in a sweep).
 
@@ -191,16 +195,21 @@ def run_trial(
         The :class:`TrialResult`. A diverged trial returns normally with ``verdict.status == "diverged"``.
     """
     data = data if data is not None else load_trial_data(train)
-    train_rows = _rows_consumed(train, len(data.train))
-    train_dataset = data.train.shuffle(seed=train.seed).select(range(train_rows)) if train_rows else data.train
+    if reference is not None:
+        train_dataset, eval_dataset = attach_reference_logps(data, reference)
+    else:
+        train_dataset, eval_dataset = data.train, data.eval
+    train_rows = _rows_consumed(train, len(train_dataset))
+    if train_rows:
+        train_dataset = train_dataset.shuffle(seed=train.seed).select(range(train_rows))
     tokenizer = load_tokenizer(train.model)
-    model = load_model(train.model, dtype=_DTYPES[train.precision])
+    model = load_model(train.model, dtype=PRECISION_DTYPES[train.precision])
     collapse = CollapseCallback(DivergenceMonitor(train.divergence), on_metrics=on_metrics)
     trainer = RegistryDPOTrainer(
         model=model,
         args=build_dpo_config(train, loss),
         train_dataset=train_dataset,
-        eval_dataset=data.eval,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[collapse, *callbacks],
         loss=loss,

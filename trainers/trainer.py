@@ -24,7 +24,8 @@ from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
 from trainers.config import LossConfig
 from trainers.losses import MIX_SATURATION_EPS, get_loss
 
-_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+_NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
 
 
 class RegistryDPOTrainer(DPOTrainer):
@@ -48,6 +49,12 @@ class RegistryDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if self.log_beta_mix is not None:
             self.log_beta_mix.data = self.log_beta_mix.data.to(self.accelerator.device)
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """Reference log-probs that came with the data (shared by a whole sweep) are used as they are."""
+        if all(column in dataset.column_names for column in REF_COLUMNS):
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def create_optimizer(self, model=None):
         """TRL/transformers' optimiser plus, for a learnable ``beta_mix``, its own parameter group."""
@@ -101,15 +108,18 @@ class RegistryDPOTrainer(DPOTrainer):
             mode: ``"train"`` or ``"eval"``.
             logps: Policy sequence log-probs ``[chosen; rejected]``, shape ``(2B,)``.
             ref_logps: Reference sequence log-probs, shape ``(2B,)``.
-            out: The loss output (rewards ``(B,)``, mixing coefficient ``(B,)`` or ``None``).
+            out: The loss output (per-example losses ``(B,)``, mixing coefficient ``(B,)`` or ``None``).
             hparams: The loss hyper-parameters used.
         """
         gather = self.accelerator.gather_for_metrics
         logps, ref_logps = gather(logps.detach()), gather(ref_logps.detach())
-        chosen_rewards, rejected_rewards = gather(out.chosen_rewards), gather(out.rejected_rewards)
         losses = gather(out.losses.detach())
         pi_c, pi_r = logps.chunk(2)
         ref_c, ref_r = ref_logps.chunk(2)
+        # TRL's implicit rewards beta * log(pi / ref) on *sequence* log-probs, also for losses fed per-token means
+        # (IPO), so that rewards/* and the held-out accuracy mean the same for every loss.
+        beta_kl = self.loss_config.beta_kl
+        chosen_rewards, rejected_rewards = beta_kl * (pi_c - ref_c), beta_kl * (pi_r - ref_r)
         margins = chosen_rewards - rejected_rewards
         stats = {
             "rewards/chosen": chosen_rewards.mean(),
@@ -152,11 +162,12 @@ class RegistryDPOTrainer(DPOTrainer):
             grads = [p.grad for p in params]
             per_param = torch.stack(torch._foreach_norm(grads))
             norm = torch.linalg.vector_norm(per_param)
-            if self.args.max_grad_norm > 0:
-                torch.nn.utils.clip_grads_with_norm_(params, self.args.max_grad_norm, norm)
             bad_params = ~torch.isfinite(per_param)
+            # Counted before clipping, which scales every gradient by max_norm / norm (all NaN for a NaN norm).
             # Counting elements is only paid for on the (rare) step whose norm is already non-finite.
             non_finite = float(sum((~torch.isfinite(g)).sum().item() for g in grads)) if bad_params.any() else 0.0
+            if self.args.max_grad_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, self.args.max_grad_norm, norm)
         self._metrics["train"]["nan_inf/grad"].append(non_finite)
         if non_finite and self._last_logps is not None and not self._metrics["train"].get("nan_inf/genuine"):
             kind = classify_non_finite(
@@ -168,6 +179,12 @@ class RegistryDPOTrainer(DPOTrainer):
             )
             self._metrics["train"]["nan_inf/genuine"].append(float(kind == "genuine"))
         return norm
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """With clipping off (``max_grad_norm=0``) transformers skips :meth:`_clip_grad_norm`; measure through it."""
+        if grad_norm is None:
+            grad_norm = self._clip_grad_norm(model)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
 
 class CollapseCallback(TrainerCallback):

@@ -1,0 +1,92 @@
+"""Shared reference log-probs: the cache key covers exactly its inputs, and trials reading them match trials that
+compute their own reference, number for number."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+
+import pytest
+
+from trainers.config import LossConfig, TrainConfig
+from trainers.data import load_preference_data
+from trainers.models import save_tiny_model
+from trainers.reference import attach_reference_logps, compute_reference_logps, reference_key
+from trainers.train import run_trial
+
+TIMING_KEYS = ("runtime", "per_second")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir) -> TrainConfig:
+    return TrainConfig(
+        model=str(tiny_model_dir),
+        max_train_rows=8,
+        max_eval_rows=4,
+        per_device_batch_size=2,
+        max_steps=-1,
+        epochs=1,
+        max_length=64,
+        save_model=False,
+        output_dir="unused",
+    )
+
+
+@pytest.fixture(scope="module")
+def data(base):
+    return load_preference_data("embedded", max_train_rows=8, max_eval_rows=4)
+
+
+def test_key_changes_with_every_input_and_only_then(base, data, tmp_path_factory, tiny_model_dir):
+    key = reference_key(base, data)
+    assert reference_key(dataclasses.replace(base), data) == key
+    # Things that do not change the reference log-probs keep the key.
+    assert reference_key(dataclasses.replace(base, learning_rate=1e-3, seed=7, output_dir="x"), data) == key
+    # Tokenisation limit, precision, data and model each change it.
+    assert reference_key(dataclasses.replace(base, max_length=32), data) != key
+    assert reference_key(dataclasses.replace(base, precision="bf16"), data) != key
+    other_rows = load_preference_data("embedded", max_train_rows=9, max_eval_rows=4)
+    assert reference_key(base, other_rows) != key
+    other_model = save_tiny_model(tmp_path_factory.mktemp("other-model"), seed=1)
+    assert reference_key(dataclasses.replace(base, model=str(other_model)), data) != key
+    # A changed tokenizer file with the same weights changes it too.
+    retokenized = tmp_path_factory.mktemp("retokenized") / "model"
+    shutil.copytree(tiny_model_dir, retokenized)
+    config = retokenized / "tokenizer_config.json"
+    config.write_text(
+        config.read_text().replace('"model_max_length"', '"model_max_length_note": 1, "model_max_length"')
+    )
+    assert reference_key(dataclasses.replace(base, model=str(retokenized)), data) != key
+
+
+def test_second_sweep_reuses_stored_logps(base, data, tmp_path):
+    first = compute_reference_logps(base, data, tmp_path)
+    marker = tmp_path / first.key / "COMPLETE"
+    stamp = marker.stat().st_mtime_ns
+    again = compute_reference_logps(base, data, tmp_path)
+    assert again == first and marker.stat().st_mtime_ns == stamp
+    train, held_out = attach_reference_logps(data, first)
+    assert len(train) == len(data.train) and len(held_out) == len(data.eval)
+    values = list(train["ref_chosen_logps"]) + list(held_out["ref_rejected_logps"])
+    assert all(math.isfinite(v) and v < 0 for v in values)
+
+
+@pytest.mark.parametrize("loss", [LossConfig("dlrml", 0.1, 0.2), LossConfig("ipo", 0.5)])
+def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss):
+    reference = compute_reference_logps(base, data, tmp_path / "ref")
+    own = run_trial(dataclasses.replace(base, output_dir=str(tmp_path / "own")), loss, data=data)
+    shared = run_trial(
+        dataclasses.replace(base, output_dir=str(tmp_path / "shared")), loss, data=data, reference=reference
+    )
+    assert own.steps == shared.steps == 4
+    assert len(own.history) == len(shared.history)
+    compared = 0
+    for mine, theirs in zip(own.history, shared.history, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            if any(marker in key for marker in TIMING_KEYS):
+                continue
+            assert value == theirs[key] or (math.isnan(value) and math.isnan(theirs[key])), key
+            compared += 1
+    assert compared > 40

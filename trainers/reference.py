@@ -1,0 +1,195 @@
+"""Reference log-probs computed once per (model, data, tokenisation, max length, precision) and shared by trials.
+
+Every trial of a sweep starts from the same reference policy on the same pairs, so the reference log-probs of
+every train and held-out pair are the same for all of them. :func:`compute_reference_logps` computes them once,
+through TRL's own precompute path (so they are exactly what a trial would compute for itself), and stores them
+under a key that fingerprints exactly the inputs that determine them (:func:`reference_key`). Trials attach them
+to their datasets (:func:`attach_reference_logps`) and never load a reference model nor run a reference pass.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from trainers.config import LossConfig, TrainConfig
+from trainers.data import PreferenceData
+from trainers.models import resolve_model_path
+from trainers.trainer import REF_COLUMNS
+
+ROW_COLUMN = "__row"
+_KEY_VERSION = "dlrml-reference-v1"
+_SPLITS = ("train", "eval")
+_DONE = "COMPLETE"
+
+
+def _hash_file_identity(path: Path, digest: hashlib._Hash) -> None:
+    """Feed a file's name, size and first/last MiB into ``digest`` (weights files can be tens of GB)."""
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}:".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+
+
+def model_identity(spec: str) -> str:
+    """A fingerprint of the model a spec resolves to: file identities for a local checkpoint, the id for the hub."""
+    resolved = resolve_model_path(spec)
+    local = Path(resolved)
+    if not local.is_dir():
+        return f"hub:{resolved}"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in local.iterdir() if p.is_file() and not p.name.startswith(".")):
+        _hash_file_identity(path, digest)
+    return f"local:{digest.hexdigest()}"
+
+
+def reference_key(train: TrainConfig, data: PreferenceData) -> str:
+    """The cache key of a sweep's reference log-probs.
+
+    It covers exactly what determines them: the model weights and tokenizer files (:func:`model_identity`), the
+    content and split of the pairs (:meth:`PreferenceData.fingerprint`), the tokenisation limit
+    (``max_length``) and the precision the reference forward runs in.
+    """
+    payload = {
+        "version": _KEY_VERSION,
+        "model": model_identity(train.model),
+        "data": data.fingerprint(),
+        "max_length": train.max_length,
+        "precision": train.precision,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ReferenceLogps:
+    """Where a sweep's shared reference log-probs live.
+
+    Attributes:
+        key: :func:`reference_key` of the inputs.
+        path: Directory with one Arrow dataset per split (``__row``, ``ref_chosen_logps``, ``ref_rejected_logps``).
+    """
+
+    key: str
+    path: str
+
+    def load(self, split: str) -> datasets.Dataset:
+        """The stored log-probs of ``split`` (``"train"`` or ``"eval"``)."""
+        return datasets.load_from_disk(str(Path(self.path) / split))
+
+
+def _with_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+
+
+def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str | Path) -> ReferenceLogps:
+    """Compute (or find) the reference log-probs of every train and held-out pair.
+
+    Runs TRL's own reference precompute (``precompute_ref_log_probs=True``) with the reference model in the
+    trial's precision, batch size and max length, and stores the per-row results under
+    ``<root>/<reference_key>``. A second call with the same key returns at once; concurrent callers on shared
+    storage serialise on a lock file.
+
+    Args:
+        train: The sweep's base trial config (model, precision, max length, batch size).
+        data: The preference pairs, as every trial loads them.
+        root: Storage directory shared by all nodes (the sweep's storage path).
+
+    Returns:
+        The stored :class:`ReferenceLogps`.
+    """
+    key = reference_key(train, data)
+    target = Path(root) / key
+    stored = ReferenceLogps(key=key, path=str(target))
+    if (target / _DONE).is_file():
+        return stored
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (target / _DONE).is_file():
+                return stored
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+            try:
+                _compute_into(train, data, tmp)
+                (tmp / _DONE).write_text(json.dumps({"key": key}) + "\n")
+                if target.exists():
+                    shutil.rmtree(target)
+                tmp.rename(target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return stored
+
+
+def _compute_into(train: TrainConfig, data: PreferenceData, out_dir: Path) -> None:
+    from trainers.models import load_model, load_tokenizer
+    from trainers.train import PRECISION_DTYPES, build_dpo_config
+    from trainers.trainer import RegistryDPOTrainer
+
+    config = build_dpo_config(
+        # One process, no DeepSpeed: the reference forward of a single model needs no sharding across trials.
+        TrainConfig(
+            **{
+                **train.as_dict(),
+                "max_steps": 1,
+                "save_model": False,
+                "deepspeed": None,
+                "output_dir": str(out_dir / "run"),
+            }
+        ),
+        LossConfig("dpo", beta_kl=0.1),
+    )
+    trainer = RegistryDPOTrainer(
+        model=load_model(train.model, dtype=PRECISION_DTYPES[train.precision]),
+        args=config,
+        train_dataset=_with_rows(data.train),
+        eval_dataset=_with_rows(data.eval),
+        processing_class=load_tokenizer(train.model),
+        loss=LossConfig("dpo", beta_kl=0.1),
+    )
+    for split, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+        dataset.select_columns([ROW_COLUMN, *REF_COLUMNS]).save_to_disk(str(out_dir / split))
+    shutil.rmtree(out_dir / "run", ignore_errors=True)
+
+
+def attach_reference_logps(
+    data: PreferenceData, reference: ReferenceLogps
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The train and held-out datasets with the stored reference log-probs as columns, row for row.
+
+    Pairs the reference pass dropped (TRL drops pairs whose prompt alone fills ``max_length``) get NaN; the
+    trial's own preparation drops the same pairs again.
+
+    Raises:
+        ValueError: If the stored log-probs do not belong to these pairs (row count mismatch).
+    """
+    out = []
+    for split, dataset in zip(_SPLITS, (data.train, data.eval), strict=True):
+        stored = reference.load(split)
+        rows = stored[ROW_COLUMN]
+        if rows and max(rows) >= len(dataset):
+            raise ValueError(
+                f"reference log-probs {reference.path} ({split}) do not match the data: row {max(rows)} of "
+                f"{len(dataset)}"
+            )
+        columns = {name: [float("nan")] * len(dataset) for name in REF_COLUMNS}
+        for name in REF_COLUMNS:
+            for row, value in zip(rows, stored[name], strict=True):
+                columns[name][row] = value
+        for name in REF_COLUMNS:
+            dataset = dataset.add_column(name, columns[name])
+        out.append(dataset)
+    return out[0], out[1]
