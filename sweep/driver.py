@@ -24,6 +24,9 @@ from trainers.train import load_trial_data
 STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
 
 
+MLFLOW_SPOOL = "mlflow_pending.jsonl"
+"""File in the experiment directory holding MLflow updates not yet delivered (replayed on ``--resume``)."""
+
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 """Bytes of memory the Tune side of a trial reserves (it holds no model)."""
 
@@ -222,7 +225,7 @@ class SweepDriver:
 
         reference = self._shared_reference() if config.share_reference else None
 
-        tracker = None
+        tracker, mlflow_pending = None, 0
         if config.mlflow.enabled:
             tracker = MLflowTracker(
                 tracking_uri=config.mlflow.resolved_uri(),
@@ -231,6 +234,7 @@ class SweepDriver:
                 sweep_params=flatten(to_dict(config)),
                 trial_params=trial_params,
                 trial_name=lambda c: trial_label(c["trial"]),
+                spool_path=experiment_dir / MLFLOW_SPOOL,
             )
             tracker.start()
 
@@ -288,13 +292,13 @@ class SweepDriver:
                 tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
             tracker.log_artifacts(stability.files)
             tracker.log_parent_metrics(_cell_metrics(stability.cells))
-            tracker.close()
+            mlflow_pending = tracker.close()
         return SweepOutcome(
             stability_map=stability,
             trials=trials.drop(columns=["config"]),
             tracking_uri=config.mlflow.resolved_uri() if tracker else None,
             parent_run_id=tracker.parent_run_id if tracker else None,
-            mlflow_pending=tracker.pending if tracker else 0,
+            mlflow_pending=mlflow_pending,
         )
 
     def collect(self, results) -> pd.DataFrame:

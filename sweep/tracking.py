@@ -4,15 +4,18 @@ All MLflow traffic happens in the driver process (a Tune ``Callback``), so trial
 access to the tracking server nor its credentials. Runs are found again by tags (``dlrml.sweep`` on the parent,
 ``dlrml.trial_id`` on each nested run), so a resumed sweep reuses them instead of creating duplicates.
 
-If the tracking server is unreachable, training goes on: every call that fails is queued in order with a
-warning, retried on the next call, and flushed at the end of the sweep (results also stay in Tune's own
-experiment state).
+If the tracking server is unreachable, training goes on: every operation that fails is queued in order (as
+plain data) with a warning, retried on the next one, and flushed when the server is back. Whatever is still
+queued when the sweep ends is spooled to a JSON-lines file in the experiment directory and replayed first by
+the next run of the same sweep (``--resume``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SWEEP_TAG = "dlrml.sweep"
 TRIAL_TAG = "dlrml.trial_id"
+ROLE_TAG = "dlrml.role"
+"""``sweep`` on the parent run, ``trial`` on nested runs (both carry the sweep tag)."""
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 _SECRET_MARKERS = ("key", "token", "secret", "password", "credential")
@@ -73,6 +78,8 @@ class MLflowTracker(Callback):
         trial_params: Maps a Tune trial config to the nested run's params.
         trial_name: Maps a Tune trial config to the nested run's name.
         echo: Where progress lines go (``print`` by default).
+        spool_path: File that keeps undelivered operations across driver restarts.
+        retry_interval_s: Seconds between delivery attempts while the server is down.
     """
 
     def __init__(
@@ -84,7 +91,10 @@ class MLflowTracker(Callback):
         trial_params: Callable[[dict], Mapping[str, Any]],
         trial_name: Callable[[dict], str],
         echo: Callable[[str], None] | None = None,
+        spool_path: str | Path | None = None,
+        retry_interval_s: float = 15.0,
     ) -> None:
+        _bound_http_retries()
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -96,14 +106,18 @@ class MLflowTracker(Callback):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.trial_runs: dict[str, str] = {}
-        self._pending: deque[tuple[str, Callable[[], None]]] = deque()
+        self.spool_path = Path(spool_path) if spool_path else None
+        self.retry_interval_s = retry_interval_s
+        self._pending: deque[dict[str, Any]] = deque()
         self._down_since: float | None = None
+        self._next_attempt = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks into the experiment state: keep settings, drop the client and the queue."""
         state = self.__dict__.copy()
         state.pop("client")
         state["_pending"] = deque()
+        state["_down_since"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -112,38 +126,92 @@ class MLflowTracker(Callback):
 
     # -- outage-tolerant execution ----------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], None]) -> None:
-        """Run ``fn`` after everything queued before it; on failure queue it (order preserved) and warn."""
-        self._pending.append((what, fn))
+    def _submit(self, op: dict[str, Any]) -> None:
+        """Queue an operation behind everything still pending and try to deliver the queue."""
+        self._pending.append(op)
         self.flush()
 
-    def flush(self) -> bool:
-        """Retry queued MLflow calls in order; ``True`` when nothing is left pending."""
+    def flush(self, force: bool = False) -> bool:
+        """Deliver queued operations in order; ``True`` when nothing is left pending.
+
+        While the server is down, delivery is retried at most every ``retry_interval_s`` seconds (or when
+        ``force``), so an outage never stalls the Tune loop on every reported result.
+        """
+        if self._down_since is not None and not force and time.monotonic() < self._next_attempt:
+            return False
         while self._pending:
-            what, fn = self._pending[0]
+            op = self._pending[0]
             try:
-                fn()
+                self._execute(op)
             except Exception as err:  # noqa: BLE001 - any transport/server failure means "retry later"
+                self._next_attempt = time.monotonic() + self.retry_interval_s
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     logger.warning(
-                        "MLflow tracking at %s is unreachable (%s: %s); training continues, %s and later calls "
-                        "are queued and will be retried",
+                        "MLflow tracking at %s is unreachable (%s: %s); training continues, MLflow updates are "
+                        "queued from %s on and retried",
                         self.tracking_uri,
                         type(err).__name__,
-                        str(err).splitlines()[0][:200],
-                        what,
+                        str(err).splitlines()[0][:200] if str(err) else "",
+                        op["op"],
                     )
                 return False
             self._pending.popleft()
             if self._down_since is not None:
                 logger.warning(
-                    "MLflow tracking at %s is back after %.0f s; flushing queued calls",
+                    "MLflow tracking at %s is back after %.0f s; delivering %d queued updates",
                     self.tracking_uri,
                     time.monotonic() - self._down_since,
+                    len(self._pending) + 1,
                 )
                 self._down_since = None
         return True
+
+    def _execute(self, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        if kind == "parent":
+            self._ensure_parent()
+        elif kind == "trial":
+            self._ensure_trial_run(op["trial_id"], op["config"])
+        elif kind == "metrics":
+            run_id = self._ensure_trial_run(op["trial_id"], op["config"])
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+            for start in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        elif kind == "finish":
+            self._finish(op["trial_id"], op["config"], op["status"], op["summary"], op["timestamp"])
+        elif kind == "artifacts":
+            parent = self._ensure_parent()
+            for path in op["paths"]:
+                self.client.log_artifact(parent, path, op["artifact_path"])
+        elif kind == "parent_metrics":
+            metrics = [Metric(k, v, op["timestamp"], 0) for k, v in op["metrics"].items()]
+            self.client.log_batch(self._ensure_parent(), metrics=metrics)
+        elif kind == "close":
+            self.client.set_terminated(self._ensure_parent(), op["status"])
+        else:
+            raise ValueError(f"unknown MLflow operation {kind!r}")
+
+    def spool(self) -> int:
+        """Write undelivered operations to the spool file (or remove it when none are left); returns their count."""
+        if self.spool_path is None:
+            return len(self._pending)
+        if self._pending:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.spool_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(op) + "\n" for op in self._pending))
+            tmp.replace(self.spool_path)
+        elif self.spool_path.exists():
+            self.spool_path.unlink()
+        return len(self._pending)
+
+    def _load_spool(self) -> None:
+        """Put operations spooled by an earlier run of this sweep at the front of the queue."""
+        if self.spool_path is None or not self.spool_path.exists():
+            return
+        ops = [json.loads(line) for line in self.spool_path.read_text().splitlines() if line.strip()]
+        logger.warning("replaying %d MLflow updates spooled by an earlier run of this sweep", len(ops))
+        self._pending.extendleft(reversed(ops))
 
     @property
     def pending(self) -> int:
@@ -158,14 +226,16 @@ class MLflowTracker(Callback):
         experiment = self.client.get_experiment_by_name(self.experiment)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_name}'", max_results=1
+            [self.experiment_id],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_name}' and tags.`{ROLE_TAG}` = 'sweep'",
+            max_results=1,
         )
         if found:
             self.parent_run_id = found[0].info.run_id
             self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=self.sweep_name, tags={SWEEP_TAG: self.sweep_name}
+                self.experiment_id, run_name=self.sweep_name, tags={SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}
             )
             self.parent_run_id = run.info.run_id
             self._log_params(self.parent_run_id, self.sweep_params)
@@ -192,7 +262,7 @@ class MLflowTracker(Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=self.trial_name(config),
-                tags={PARENT_TAG: parent, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep_name},
+                tags={PARENT_TAG: parent, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep_name, ROLE_TAG: "trial"},
             )
             run_id = run.info.run_id
             self._log_params(run_id, self.trial_params(config))
@@ -200,15 +270,17 @@ class MLflowTracker(Callback):
         return run_id
 
     def start(self) -> None:
-        """Create (or find again) the parent run before any trial starts."""
-        self._call("creating the parent run", self._ensure_parent)
+        """Replay spooled updates of an earlier run, then create (or find again) the parent run."""
+        self._load_spool()
+        self._submit({"op": "parent"})
+        self.spool()
 
     # -- Tune callback hooks --------------------------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         """Create the trial's nested run and log its parameters."""
         config = trial.config
-        self._call(f"creating the run of {trial.trial_id}", lambda: self._ensure_trial_run(trial.trial_id, config))
+        self._submit({"op": "trial", "trial_id": trial.trial_id, "config": config})
         self.echo(f"[sweep] started {trial.trial_id}: {self.trial_name(config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -216,18 +288,12 @@ class MLflowTracker(Callback):
         step = int(result.get("step", 0))
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(key, float(value), timestamp, step)
+            (key, float(value), timestamp, step)
             for key, value in result.items()
             if isinstance(value, int | float) and not isinstance(value, bool) and _is_metric(key)
         ]
         config = trial.config
-
-        def log() -> None:
-            run_id = self._ensure_trial_run(trial.trial_id, config)
-            for start in range(0, len(metrics), 1000):
-                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-        self._call(f"metrics of {trial.trial_id} step {step}", log)
+        self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
         if any(key.startswith("eval_") for key in result) or result.get("final"):
             acc = result.get("eval_rewards/accuracies", math.nan)
             self.echo(
@@ -246,40 +312,50 @@ class MLflowTracker(Callback):
             status: ``completed``, ``pruned``, ``diverged`` or ``errored``.
             summary: Flat final values (reason, steps, held-out accuracy, MT-Bench...).
         """
+        self._submit(
+            {
+                "op": "finish",
+                "trial_id": trial_id,
+                "config": config,
+                "status": status,
+                "summary": dict(summary),
+                "timestamp": int(time.time() * 1000),
+            }
+        )
+
+    def _finish(self, trial_id: str, config: dict, status: str, summary: Mapping[str, Any], timestamp: int) -> None:
         run_status = {"errored": RunStatus.FAILED, "pruned": RunStatus.KILLED}.get(status, RunStatus.FINISHED)
-
-        def finish() -> None:
-            run_id = self._ensure_trial_run(trial_id, config)
-            tags = [RunTag("dlrml.status", status)]
-            tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not _is_number(v)]
-            metrics = [
-                Metric(f"final/{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items() if _is_number(v)
-            ]
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            self.client.set_terminated(run_id, RunStatus.to_string(run_status))
-
-        self._call(f"final status of {trial_id}", finish)
+        run_id = self._ensure_trial_run(trial_id, config)
+        tags = [RunTag("dlrml.status", status)]
+        tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not _is_number(v)]
+        metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if _is_number(v)]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, RunStatus.to_string(run_status))
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str = "stability_map") -> None:
         """Upload files (tables, heatmaps) to the parent run."""
-        files = list(paths)
-
-        def upload() -> None:
-            for path in files:
-                self.client.log_artifact(self._ensure_parent(), str(path), artifact_path)
-
-        self._call("uploading the stability map", upload)
+        self._submit({"op": "artifacts", "paths": [str(p) for p in paths], "artifact_path": artifact_path})
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
         """Log sweep-level metrics (e.g. collapse rates) on the parent run."""
-        timestamp = int(time.time() * 1000)
-        items = [Metric(k, float(v), timestamp, 0) for k, v in metrics.items() if _is_number(v)]
-        self._call("sweep metrics", lambda: self.client.log_batch(self._ensure_parent(), metrics=items))
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        self._submit({"op": "parent_metrics", "metrics": clean, "timestamp": int(time.time() * 1000)})
 
-    def close(self, status: str = "FINISHED") -> bool:
-        """Terminate the parent run and flush; ``True`` if MLflow has everything."""
-        self._call("closing the parent run", lambda: self.client.set_terminated(self._ensure_parent(), status))
-        return self.flush()
+    def close(self, status: str = "FINISHED") -> int:
+        """Terminate the parent run, flush, spool what is left; returns the number of undelivered updates."""
+        self._pending.append({"op": "close", "status": status})
+        self.flush(force=True)
+        return self.spool()
+
+
+def _bound_http_retries() -> None:
+    """MLflow's HTTP client retries a dead server for minutes per call by default; the queue retries instead."""
+    for name, value in (
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+    ):
+        os.environ.setdefault(name, value)
 
 
 def _echo(line: str) -> None:

@@ -7,7 +7,7 @@ trainer logs under TRL's names):
 * ``non_finite_grad``: the pre-clip gradient norm is NaN/Inf, or ``nan_inf/grad`` > 0;
 * ``grad_norm_explosion``: after ``grace_steps``, the pre-clip gradient norm exceeds ``grad_norm_factor`` times
   the running median of the previous ``window`` norms;
-* ``loss_explosion``: after ``grace_steps``, the loss exceeds ``loss_explosion_factor`` times the median loss of
+* ``loss_explosion``: after ``grace_steps``, the loss exceeds ``loss_explosion_factor`` times the largest loss of
   the grace period (losses of every family start near their value at ``rho = 0``).
 
 A non-finite value is *genuine* when the mathematics demands it: the loss (or its gradient) re-evaluated in float64
@@ -39,7 +39,7 @@ class DivergenceConfig:
         grace_steps: Steps before the explosion rules apply (non-finite values always count).
         grad_norm_factor: ``k``: a pre-clip grad norm above ``k`` x running median is an explosion.
         window: Number of past grad norms in the running median.
-        loss_explosion_factor: A loss above this multiple of the grace-period median loss is an explosion.
+        loss_explosion_factor: A loss above this multiple of the largest grace-period loss is an explosion.
     """
 
     grace_steps: int = 3
@@ -145,7 +145,7 @@ class DivergenceMonitor:
         if self._steps_seen <= self.config.grace_steps:
             self._grace_losses.append(float(loss))
         else:
-            baseline = statistics.median(self._grace_losses)
+            baseline = max(self._grace_losses)
             threshold = self.config.loss_explosion_factor * max(abs(baseline), 1e-3)
             if loss > threshold:
                 return self._diverge(step, "loss_explosion", None, f"loss={loss:.4g} > {threshold:.4g}")

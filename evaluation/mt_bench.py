@@ -1,0 +1,451 @@
+"""MT-Bench single-answer grading (Zheng et al., 2023, arXiv:2306.05685) as in FastChat's ``llm_judge``.
+
+Pipeline of :func:`run_mt_bench`:
+
+1. load and validate questions, judge prompts and reference answers (:mod:`evaluation.mt_bench_data`);
+2. generate both turns of every question with the policy model
+   (:func:`evaluation.generation.generate_answers`) and write them as
+   ``<out_dir>/model_answer/<model_id>.jsonl`` (FastChat ``model_answer`` format);
+3. grade turn 1 with ``single-v1`` (``single-math-v1`` with the reference answer for math, reasoning and
+   coding) and turn 2 with the ``-multi-turn`` variants, and write
+   ``<out_dir>/model_judgment/<judge>_single.jsonl`` (FastChat ``model_judgment`` format);
+4. average the valid scores per turn, per category and overall, as FastChat's ``show_result.py`` does
+   (the overall score pools both turns); judgments without a rating (score -1) are excluded and counted.
+
+Command line::
+
+    python -m evaluation.mt_bench --model embedded --out runs/mt_bench --max-new-tokens 256
+    python -m evaluation.mt_bench --model ./checkpoint --out runs/mt --judge-backend openai \\
+        --judge-model gpt-4 --mt-bench-questions hub --judge-prompts hub --reference-answers hub
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evaluation.config import DEFAULT_JUDGE_MODELS, HUB, JUDGE_BACKENDS, EvalConfig
+from evaluation.generation import generate_answers
+from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
+from evaluation.mt_bench_data import (
+    SINGLE_JUDGE_PROMPTS,
+    JudgePrompt,
+    Question,
+    check_references,
+    load_judge_prompts,
+    load_questions,
+    load_reference_answers,
+    parse_rating,
+    rating_to_score,
+    render_judge_prompt,
+    resolve_source,
+    select_questions,
+)
+
+logger = logging.getLogger(__name__)
+
+METRIC_PREFIX = "mt_bench"
+SCORES_FILENAME = "mt_bench_scores.json"
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class MTBenchData:
+    """Validated inputs of one run.
+
+    Attributes:
+        questions: Selected questions (category filter and limit applied).
+        prompts: Judge prompts by name.
+        references: Reference answer turns by question id.
+    """
+
+    questions: list[Question]
+    prompts: dict[str, JudgePrompt]
+    references: dict[int | str, tuple[str, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MTBenchResult:
+    """Scores of one MT-Bench run (1-10 scale; NaN where no judgment was valid).
+
+    Attributes:
+        overall: Mean of all valid scores, both turns pooled (FastChat's "Average").
+        turn_scores: Mean valid score per turn (1 and 2).
+        category_scores: Mean valid score per category, both turns pooled.
+        n_valid: Number of judgments with a rating.
+        n_invalid: Number of judgments without a usable rating (score -1), excluded from the means.
+        answers_path: The ``model_answer`` JSONL file.
+        judgments_path: The ``model_judgment`` JSONL file.
+    """
+
+    overall: float
+    turn_scores: dict[int, float]
+    category_scores: dict[str, float]
+    n_valid: int
+    n_invalid: int
+    answers_path: Path
+    judgments_path: Path
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat metrics: ``mt_bench/score``, ``mt_bench/turn_<t>``, ``mt_bench/category/<c>``,
+        ``mt_bench/n_valid``, ``mt_bench/n_invalid``."""
+        metrics = {f"{METRIC_PREFIX}/score": self.overall}
+        for turn, value in sorted(self.turn_scores.items()):
+            metrics[f"{METRIC_PREFIX}/turn_{turn}"] = value
+        for category, value in sorted(self.category_scores.items()):
+            metrics[f"{METRIC_PREFIX}/category/{category}"] = value
+        metrics[f"{METRIC_PREFIX}/n_valid"] = float(self.n_valid)
+        metrics[f"{METRIC_PREFIX}/n_invalid"] = float(self.n_invalid)
+        return metrics
+
+
+def load_mt_bench_data(cfg: EvalConfig) -> MTBenchData:
+    """Load and cross-check the questions, judge prompts and reference answers named by ``cfg``.
+
+    Raises:
+        FileNotFoundError: A file is missing (or the hub download failed).
+        ValueError: A file is malformed, a category filter matches nothing, or a reference is missing.
+    """
+    questions = load_questions(resolve_source(cfg.questions, "questions"))
+    questions = select_questions(questions, cfg.categories, cfg.limit)
+    prompts = load_judge_prompts(resolve_source(cfg.judge_prompts, "judge_prompts"))
+    references = load_reference_answers(resolve_source(cfg.reference_answers, "reference_answers"))
+    check_references(questions, references)
+    return MTBenchData(questions, prompts, references)
+
+
+def safe_name(name: str) -> str:
+    """File-name-safe form of a model or judge name (runs of other characters become ``_``)."""
+    return _UNSAFE_NAME_CHARS.sub("_", name).strip("_") or "model"
+
+
+def judge_answers(
+    data: MTBenchData,
+    answers: dict[int | str, Sequence[str]],
+    judge: Judge,
+    model_id: str,
+    strict_rating_range: bool = True,
+) -> list[dict[str, Any]]:
+    """Grade the answers and return FastChat ``model_judgment`` records (single mode).
+
+    Turn 1 of every question is graded with ``single-v1`` (``single-math-v1`` plus reference for
+    ``NEED_REF_CATS``); turn 2 of two-turn questions with the ``-multi-turn`` variants. All requests go to
+    ``judge.complete_batch`` at once.
+
+    Args:
+        data: Questions, prompts and references.
+        answers: The model's answer turns by question id.
+        judge: The judge.
+        model_id: Recorded as ``model``.
+        strict_rating_range: Record ratings outside [1, 10] as -1 (see ``rating_to_score``).
+
+    Returns:
+        Records with ``question_id``, ``model``, ``judge`` ([judge name, prompt name]), ``user_prompt``,
+        ``judgment``, ``score`` (-1 if invalid), ``turn``, ``tstamp``.
+
+    Raises:
+        ValueError: A question has no answer, or fewer answer turns than question turns.
+    """
+    jobs: list[tuple[Question, JudgePrompt, bool, str, str]] = []
+    for multi_turn in (False, True):
+        for q in data.questions:
+            turns = answers.get(q.question_id)
+            if turns is None or len(turns) < len(q.turns):
+                raise ValueError(
+                    f"question {q.question_id!r}: expected {len(q.turns)} answer turns, "
+                    f"got {None if turns is None else len(turns)}"
+                )
+            if multi_turn and len(q.turns) != 2:
+                continue
+            role = ("math" if q.needs_reference else "default") + ("-mt" if multi_turn else "")
+            prompt = data.prompts[SINGLE_JUDGE_PROMPTS[role]]
+            ref = data.references[q.question_id] if q.needs_reference else None
+            system, user = render_judge_prompt(prompt, q, turns, ref, multi_turn)
+            jobs.append((q, prompt, multi_turn, system, user))
+    replies = judge.complete_batch([(system, user) for *_, system, user in jobs])
+    records = []
+    for (q, prompt, multi_turn, _, user), reply in zip(jobs, replies, strict=True):
+        records.append(
+            {
+                "question_id": q.question_id,
+                "model": model_id,
+                "judge": [judge.name, prompt.name],
+                "user_prompt": user,
+                "judgment": reply,
+                "score": rating_to_score(parse_rating(reply), strict_rating_range),
+                "turn": 2 if multi_turn else 1,
+                "tstamp": time.time(),
+            }
+        )
+    return records
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarize_judgments(
+    records: Sequence[dict[str, Any]], categories: dict[int | str, str]
+) -> tuple[float, dict[int, float], dict[str, float], int, int]:
+    """Average judgment scores as FastChat's ``show_result.py`` (score -1 excluded).
+
+    Args:
+        records: ``model_judgment`` records (``question_id``, ``score``, ``turn``).
+        categories: Category of every question id.
+
+    Returns:
+        ``(overall, turn_scores, category_scores, n_valid, n_invalid)``; a turn or category whose
+        judgments are all invalid gets NaN.
+    """
+    by_turn: dict[int, list[float]] = {}
+    by_category: dict[str, list[float]] = {}
+    valid: list[float] = []
+    for rec in records:
+        turn_scores = by_turn.setdefault(int(rec["turn"]), [])
+        category_scores = by_category.setdefault(categories[rec["question_id"]], [])
+        if rec["score"] == -1:
+            continue
+        score = float(rec["score"])
+        valid.append(score)
+        turn_scores.append(score)
+        category_scores.append(score)
+    return (
+        _mean(valid),
+        {turn: _mean(v) for turn, v in sorted(by_turn.items())},
+        {cat: _mean(v) for cat, v in sorted(by_category.items())},
+        len(valid),
+        len(records) - len(valid),
+    )
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run_mt_bench(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: EvalConfig,
+    out_dir: Path,
+    model_id: str,
+    judge: Judge | None = None,
+) -> MTBenchResult:
+    """Generate answers with ``model``, judge them, and score them.
+
+    Args:
+        model: Policy causal LM (its training flag is restored afterwards).
+        tokenizer: Its tokenizer, with a chat template.
+        cfg: Evaluation settings.
+        out_dir: Output directory; receives ``model_answer/<model_id>.jsonl``,
+            ``model_judgment/<judge>_single.jsonl`` and ``mt_bench_scores.json`` (existing files are
+            replaced).
+        model_id: Name of the evaluated model (letters, digits, ``._-``; used as file name).
+        judge: Judge to use; None builds the one ``cfg`` selects (and closes it afterwards if it holds a
+            network client).
+
+    Returns:
+        The scores.
+
+    Raises:
+        ValueError: Invalid ``model_id`` or invalid data files.
+        FileNotFoundError: Missing data files.
+        JudgeError: The judge failed for good.
+    """
+    if not isinstance(model_id, str) or not model_id or safe_name(model_id) != model_id:
+        raise ValueError(f"model_id must be a non-empty name of letters, digits, '.', '_', '-': {model_id!r}")
+    data = load_mt_bench_data(cfg)
+    own_judge = judge is None
+    if judge is None:
+        judge = build_judge(cfg, device=next(model.parameters()).device)
+    out_dir = Path(out_dir)
+    try:
+        logger.info("MT-Bench: answering %d questions with %s", len(data.questions), model_id)
+        rows = generate_answers(
+            model,
+            tokenizer,
+            data.questions,
+            model_id,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.generation_batch_size,
+            seed=cfg.seed,
+        )
+        answers_path = out_dir / "model_answer" / f"{model_id}.jsonl"
+        _write_jsonl(answers_path, rows)
+        answers = {row["question_id"]: row["choices"][0]["turns"] for row in rows}
+        logger.info("MT-Bench: judging with %r", judge)
+        records = judge_answers(data, answers, judge, model_id, cfg.strict_rating_range)
+    finally:
+        if own_judge and isinstance(judge, OpenAIJudge):
+            judge.close()
+    judgments_path = out_dir / "model_judgment" / f"{safe_name(judge.name)}_single.jsonl"
+    _write_jsonl(judgments_path, records)
+    overall, turn_scores, category_scores, n_valid, n_invalid = summarize_judgments(
+        records, {q.question_id: q.category for q in data.questions}
+    )
+    result = MTBenchResult(overall, turn_scores, category_scores, n_valid, n_invalid, answers_path, judgments_path)
+    summary = {"model_id": model_id, "judge": judge.name, "metrics": result.as_metrics()}
+    (out_dir / SCORES_FILENAME).write_text(json.dumps(summary, indent=2) + "\n")
+    if n_invalid:
+        logger.warning("MT-Bench: %d of %d judgments had no valid rating", n_invalid, n_valid + n_invalid)
+    logger.info("MT-Bench: %s", result.as_metrics())
+    return result
+
+
+def format_scores(result: MTBenchResult, model_id: str, judge_name: str) -> str:
+    """Render the scores as a plain-text table (FastChat ``show_result.py`` style)."""
+    lines = [f"MT-Bench  model={model_id}  judge={judge_name}", ""]
+    for turn, value in sorted(result.turn_scores.items()):
+        lines.append(f"  turn {turn:<14}{value:6.3f}")
+    for category, value in sorted(result.category_scores.items()):
+        lines.append(f"  {category:<19}{value:6.3f}")
+    lines.append(f"  {'average':<19}{result.overall:6.3f}")
+    lines.append("")
+    lines.append(f"  valid judgments: {result.n_valid}   invalid (no rating, excluded): {result.n_invalid}")
+    lines.append(f"  answers:   {result.answers_path}")
+    lines.append(f"  judgments: {result.judgments_path}")
+    return "\n".join(lines)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.mt_bench",
+        description="MT-Bench single-answer grading (FastChat llm_judge) of a causal LM.",
+    )
+    parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--model-id", help="name of the evaluated model (default: derived from --model)")
+    parser.add_argument("--judge-backend", choices=JUDGE_BACKENDS, default="local")
+    parser.add_argument(
+        "--judge-model",
+        help=f"judge model (default: {DEFAULT_JUDGE_MODELS['local']!r} for local, "
+        f"{DEFAULT_JUDGE_MODELS['openai']!r} for openai)",
+    )
+    parser.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the env var holding the key")
+    parser.add_argument(
+        "--mt-bench-questions", help=f"question.jsonl path or {HUB!r} (default: the bundled question set)"
+    )
+    parser.add_argument("--judge-prompts", help=f"judge_prompts.jsonl path or {HUB!r} (default: bundled)")
+    parser.add_argument("--reference-answers", help=f"reference answers JSONL or {HUB!r} (default: bundled)")
+    parser.add_argument("--categories", nargs="+", help="only these question categories")
+    parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="answer tokens per turn")
+    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge-max-tokens", type=int, help="judgment token budget (default: 2048 openai, 256 local)")
+    parser.add_argument("--judge-batch-size", type=int, default=8, help="local judge batch size")
+    parser.add_argument("--concurrency", type=int, default=8, help="openai judge requests in flight")
+    parser.add_argument("--timeout", type=float, default=120.0, help="openai judge request timeout, seconds")
+    parser.add_argument("--max-retries", type=int, default=5, help="openai judge retries per request")
+    parser.add_argument(
+        "--lenient-rating-range",
+        action="store_true",
+        help="keep ratings outside 1-10 (FastChat behaviour) instead of counting them invalid",
+    )
+    parser.add_argument(
+        "--no-force-rating",
+        action="store_true",
+        help="local judge: do not append a constrained 1-10 rating to judgments that lack one",
+    )
+    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: every flag and data file is validated before any model is loaded."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = EvalConfig(
+            questions=args.mt_bench_questions,
+            judge_prompts=args.judge_prompts,
+            reference_answers=args.reference_answers,
+            limit=args.limit,
+            categories=tuple(args.categories) if args.categories else None,
+            max_new_tokens=args.max_new_tokens,
+            generation_batch_size=args.batch_size,
+            seed=args.seed,
+            judge_backend=args.judge_backend,
+            judge_model=args.judge_model,
+            judge_base_url=args.judge_base_url,
+            api_key_env=args.api_key_env,
+            judge_max_tokens=args.judge_max_tokens,
+            judge_batch_size=args.judge_batch_size,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            max_retries=args.max_retries,
+            strict_rating_range=not args.lenient_rating_range,
+            local_judge_force_rating=not args.no_force_rating,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    model_id = args.model_id or safe_name(Path(args.model.rstrip("/")).name)
+    if safe_name(model_id) != model_id:
+        parser.error(f"--model-id must consist of letters, digits, '.', '_' or '-', got {model_id!r}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
+
+    import torch
+
+    from trainers.models import EMBEDDED_MODEL, load_model, load_tokenizer, resolve_model_path
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        parser.error(f"--device: {err}")
+    specs = [("--model", args.model)]
+    if cfg.judge_backend == "local":
+        specs.append(("--judge-model", cfg.resolved_judge_model))
+    for flag, spec in specs:
+        if spec != EMBEDDED_MODEL:
+            try:
+                resolve_model_path(spec)
+            except (ValueError, FileNotFoundError) as err:
+                parser.error(f"{flag}: {err}")
+    try:
+        load_mt_bench_data(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(f"MT-Bench data: {err}")
+    judge: Judge | None = None
+    if cfg.judge_backend == "openai":
+        try:
+            judge = OpenAIJudge.from_config(cfg)
+        except JudgeError as err:
+            parser.error(str(err))
+
+    model = load_model(args.model).to(device)
+    tokenizer = load_tokenizer(args.model)
+    if judge is None:
+        judge = build_judge(cfg, device=device)
+    try:
+        result = run_mt_bench(model, tokenizer, cfg, args.out, model_id, judge=judge)
+    except JudgeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if isinstance(judge, OpenAIJudge):
+            judge.close()
+    print(format_scores(result, model_id, judge.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

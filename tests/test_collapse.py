@@ -1,0 +1,256 @@
+"""Divergence monitor and non-finite classification on hand-made inputs (no trainer, no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainers.collapse import REASONS, DivergenceConfig, DivergenceMonitor, Verdict, classify_non_finite
+from trainers.losses import get_loss
+
+
+def _step(loss: float = 1.0, grad_norm: float | None = 1.0, **extra: float) -> dict[str, float]:
+    """One training step's logged metrics, as the trainer logs them."""
+    metrics = {"loss": loss, "learning_rate": 1e-5, "rewards/accuracies": 0.5, **extra}
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm
+    return metrics
+
+
+def _feed(monitor: DivergenceMonitor, steps: list[dict[str, float]]) -> list[Verdict | None]:
+    return [monitor.update(i, metrics) for i, metrics in enumerate(steps, start=1)]
+
+
+# ------------------------------------------------------------------------------------------- stable runs
+
+
+def test_healthy_run_is_stable():
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=2))
+    losses = [0.69, 0.6, 0.5, 0.45, 0.4, 0.42, 0.38, 0.3]
+    norms = [3.0, 4.0, 2.5, 5.0, 3.5, 6.0, 2.0, 4.5]
+    assert _feed(monitor, [_step(loss, norm) for loss, norm in zip(losses, norms, strict=True)]) == [None] * 8
+    assert monitor.verdict is None
+    assert monitor.final() == Verdict()
+    assert monitor.final().status == "stable" and not monitor.final().diverged
+    assert monitor.final().describe() == "stable"
+
+
+# ------------------------------------------------------------------------------------------ non-finite
+
+
+@pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss(loss):
+    monitor = DivergenceMonitor()
+    assert monitor.update(1, _step()) is None
+    verdict = monitor.update(2, _step(loss=loss))
+    assert (verdict.status, verdict.reason, verdict.step, verdict.kind) == (
+        "diverged",
+        "non_finite_loss",
+        2,
+        "numerical",
+    )
+    assert f"loss={loss}" in verdict.detail
+
+
+def test_counted_non_finite_per_example_loss_diverges_with_finite_mean():
+    """``nan_inf/loss`` > 0 is a divergence even where the logged (averaged) loss is finite."""
+    verdict = DivergenceMonitor().update(1, _step(**{"nan_inf/loss": 1.0, "nan_inf/genuine": 1.0}))
+    assert (verdict.reason, verdict.step, verdict.kind) == ("non_finite_loss", 1, "genuine")
+    assert "nan_inf/loss=1.0" in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("metrics", "kind"),
+    [
+        (_step(grad_norm=math.nan), "numerical"),
+        (_step(grad_norm=math.inf, **{"nan_inf/genuine": 1.0}), "genuine"),
+        (_step(grad_norm=2.0, **{"nan_inf/grad": 64.0}), "numerical"),
+    ],
+    ids=["nan-norm", "inf-norm-genuine", "counted-non-finite-grads"],
+)
+def test_non_finite_grad(metrics, kind):
+    verdict = DivergenceMonitor().update(3, metrics)
+    assert (verdict.status, verdict.reason, verdict.step, verdict.kind) == ("diverged", "non_finite_grad", 3, kind)
+    assert verdict.describe().startswith(f"diverged at step 3: non_finite_grad ({kind}) - grad_norm=")
+
+
+def test_non_finite_loss_takes_precedence_over_non_finite_grad():
+    verdict = DivergenceMonitor().update(1, _step(loss=math.nan, grad_norm=math.nan, **{"nan_inf/grad": 5.0}))
+    assert verdict.reason == "non_finite_loss"
+
+
+def test_non_finite_values_count_inside_the_grace_period():
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=10))
+    assert monitor.update(1, _step()) is None
+    assert monitor.update(2, _step(grad_norm=math.inf)).reason == "non_finite_grad"
+
+
+# ------------------------------------------------------------------------------------------ explosions
+
+
+def test_loss_explosion_against_grace_period_median():
+    """Grace losses [1, 3, 2] -> median 2 -> threshold 10 x 2 = 20, strictly exceeded at the third later step."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=3, loss_explosion_factor=10.0))
+    steps = [_step(loss) for loss in (1.0, 3.0, 2.0, 19.9, 20.0, 20.5)]
+    verdicts = _feed(monitor, steps)
+    assert verdicts[:5] == [None] * 5
+    verdict = verdicts[5]
+    assert (verdict.reason, verdict.step, verdict.kind) == ("loss_explosion", 6, None)
+    assert verdict.detail == "loss=20.5 > 20"
+
+
+def test_huge_losses_and_norms_inside_the_grace_period_do_not_fire():
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=3))
+    steps = [_step(1.0, 1.0), _step(500.0, 1e6), _step(2.0, 1.0)]
+    assert _feed(monitor, steps) == [None] * 3
+    # The grace median (2.0), not the first loss, is the baseline: 19 < 10 x 2.
+    assert monitor.update(4, _step(19.0, 1.0)) is None
+
+
+def test_loss_explosion_baseline_is_floored_for_vanishing_grace_losses():
+    """Grace losses of 0 give the threshold 10 x 1e-3 instead of 0."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=2, loss_explosion_factor=10.0))
+    assert _feed(monitor, [_step(0.0), _step(0.0), _step(0.009)]) == [None] * 3
+    assert monitor.update(4, _step(0.011)).reason == "loss_explosion"
+
+
+def test_grad_norm_explosion_against_running_median():
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=1, grad_norm_factor=10.0))
+    assert _feed(monitor, [_step(grad_norm=n) for n in (1.0, 2.0, 3.0, 4.0)]) == [None] * 4
+    # Previous norms [1, 2, 3, 4] -> median 2.5 -> threshold 25.
+    verdict = monitor.update(5, _step(grad_norm=25.5))
+    assert (verdict.reason, verdict.step, verdict.kind) == ("grad_norm_explosion", 5, None)
+    assert verdict.detail == "grad_norm=25.5 > 25"
+
+
+@pytest.mark.parametrize(("window", "fires"), [(3, False), (50, True)])
+def test_grad_norm_median_covers_only_the_window(window, fires):
+    """Norms 1, 1, 1, 8, 8, 8 then 50: a window of 3 holds [8, 8, 8] (threshold 80), a window of 50 all six
+    (median 4.5, threshold 45)."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=1, grad_norm_factor=10.0, window=window))
+    assert _feed(monitor, [_step(grad_norm=n) for n in (1.0, 1.0, 1.0, 8.0, 8.0, 8.0)]) == [None] * 6
+    verdict = monitor.update(7, _step(grad_norm=50.0))
+    assert (verdict is not None) == fires
+    if fires:
+        assert verdict.reason == "grad_norm_explosion"
+
+
+def test_zero_median_grad_norm_never_explodes():
+    """A run whose gradients vanished (median 0) has no scale to explode against."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=1))
+    assert _feed(monitor, [_step(grad_norm=0.0)] * 3 + [_step(grad_norm=1e3)]) == [None] * 4
+
+
+def test_missing_grad_norm_skips_the_gradient_rules():
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=1))
+    assert _feed(monitor, [_step(grad_norm=None)] * 4) == [None] * 4
+    assert monitor.update(5, _step(loss=100.0, grad_norm=None)).reason == "loss_explosion"
+
+
+# ------------------------------------------------------------------------------- bookkeeping and verdict
+
+
+def test_eval_and_summary_dicts_are_ignored_and_do_not_use_up_the_grace_period():
+    """With grace 2, ``train, eval, train(100)`` is still inside the grace period; had the evaluation counted as
+    a step, the third dict would be checked against threshold 10."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=2, loss_explosion_factor=10.0))
+    assert monitor.update(1, _step(1.0)) is None
+    assert monitor.update(1, {"eval_loss": math.nan, "eval_rewards/accuracies": 0.5}) is None
+    assert monitor.update(1, {"train_loss": math.inf, "train_runtime": 3.0}) is None
+    assert monitor.update(2, _step(100.0)) is None
+    assert monitor.verdict is None
+
+
+def test_verdict_is_sticky():
+    monitor = DivergenceMonitor()
+    first = monitor.update(4, _step(loss=math.nan))
+    assert monitor.update(5, _step()) is first
+    assert monitor.update(6, {"eval_loss": 0.1}) is first
+    assert monitor.final() is first
+    assert first.step == 4
+
+
+def test_verdict_forms():
+    verdict = Verdict("diverged", "non_finite_loss", 7, "numerical", "loss=nan")
+    assert verdict.diverged
+    assert verdict.describe() == "diverged at step 7: non_finite_loss (numerical) - loss=nan"
+    assert verdict.as_dict() == {
+        "status": "diverged",
+        "reason": "non_finite_loss",
+        "step": 7,
+        "kind": "numerical",
+        "detail": "loss=nan",
+    }
+    explosion = Verdict("diverged", "loss_explosion", 3, None, "loss=50 > 20")
+    assert explosion.describe() == "diverged at step 3: loss_explosion - loss=50 > 20"
+    assert set(REASONS) == {"non_finite_loss", "non_finite_grad", "grad_norm_explosion", "loss_explosion"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"grace_steps": 0}, "grace_steps"),
+        ({"grad_norm_factor": 1.0}, "grad_norm_factor"),
+        ({"grad_norm_factor": math.inf}, "grad_norm_factor"),
+        ({"window": 0}, "window"),
+        ({"loss_explosion_factor": math.nan}, "loss_explosion_factor"),
+    ],
+)
+def test_divergence_config_rejects_bad_thresholds(kwargs, field):
+    with pytest.raises(ValueError, match=f"divergence.{field}"):
+        DivergenceConfig(**kwargs)
+
+
+# -------------------------------------------------------------------------------- classify_non_finite
+
+
+def _logps_with_margin(rho: float) -> tuple[torch.Tensor, ...]:
+    """``(pi_c, pi_r, ref_c, ref_r)`` of two pairs, the first with margin ``rho``, the second with margin 0.5."""
+    return torch.tensor([rho, 0.5]), torch.zeros(2), torch.zeros(2), torch.zeros(2)
+
+
+UNBOUNDED_DLRML = {"beta_kl": 5.0, "beta_mix": 0.05}
+"""dLRML with beta_kl > beta_mix / tau: for rho -> -inf the loss grows like exp(4 |rho|)."""
+
+
+def test_non_finite_policy_log_probs_are_genuine():
+    pi_c, pi_r, ref_c, ref_r = _logps_with_margin(0.0)
+    pi_c[1] = math.nan
+    kind = classify_non_finite(get_loss("dpo"), {"beta_kl": 0.1}, (pi_c, pi_r, ref_c, ref_r), check_grad=False)
+    assert kind == "genuine"
+
+
+def test_loss_beyond_float64_is_genuine():
+    """rho = -200: exponent 4 x 200 = 800 > log(float64 max) = 709.8."""
+    kind = classify_non_finite(get_loss("dlrml"), UNBOUNDED_DLRML, _logps_with_margin(-200.0), check_grad=False)
+    assert kind == "genuine"
+
+
+def test_naive_discopop_overflow_is_numerical():
+    """DiscoPOP at beta = 2, rho = -50: TRL's fp32 ``sigmoid(z / tau) * exp(-z)`` is ``0 * inf``, but the true loss
+    is about softplus(100) = 100, well inside fp32."""
+    kind = classify_non_finite(get_loss("discopop"), {"beta_kl": 2.0}, _logps_with_margin(-50.0), check_grad=True)
+    assert kind == "numerical"
+
+
+@pytest.mark.parametrize(("dtype", "kind"), [(torch.float32, "genuine"), (torch.float64, "numerical")])
+def test_loss_beyond_the_training_dtype_is_genuine(dtype, kind):
+    """rho = -32.5: loss ~ exp(130) ~ 3e56, finite in float64 but beyond fp32's 3.4e38."""
+    logps = _logps_with_margin(-32.5)
+    assert classify_non_finite(get_loss("dlrml"), UNBOUNDED_DLRML, logps, check_grad=False, dtype=dtype) == kind
+
+
+@pytest.mark.parametrize(("check_grad", "kind"), [(False, "numerical"), (True, "genuine")])
+def test_gradient_beyond_the_training_dtype_is_genuine_only_when_checked(check_grad, kind):
+    """rho = -22: loss ~ exp(88) ~ 1.7e38 fits fp32, its derivative ~ -4 exp(88) ~ -6.6e38 does not."""
+    logps = _logps_with_margin(-22.0)
+    assert classify_non_finite(get_loss("dlrml"), UNBOUNDED_DLRML, logps, check_grad=check_grad) == kind
+
+
+def test_learnable_beta_mix_is_classified_at_its_current_value():
+    """A 0-d tensor hyper-parameter (learnable beta_mix) is read as a float; beta_mix = 1 bounds the loss."""
+    hparams = {"beta_kl": 5.0, "beta_mix": torch.tensor(1.0)}
+    kind = classify_non_finite(get_loss("dlrml_learnable"), hparams, _logps_with_margin(-32.5), check_grad=True)
+    assert kind == "numerical"
