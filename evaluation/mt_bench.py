@@ -265,27 +265,80 @@ def run_mt_bench(
         FileNotFoundError: Missing data files.
         JudgeError: The judge failed for good.
     """
-    if not isinstance(model_id, str) or not model_id or safe_name(model_id) != model_id:
-        raise ValueError(f"model_id must be a non-empty name of letters, digits, '.', '_', '-': {model_id!r}")
+    _check_model_id(model_id)
     data = load_mt_bench_data(cfg)
     own_judge = judge is None
     if judge is None:
         judge = build_judge(cfg, device=next(model.parameters()).device)
-    out_dir = Path(out_dir)
     try:
-        logger.info("MT-Bench: answering %d questions with %s", len(data.questions), model_id)
-        rows = generate_answers(
-            model,
-            tokenizer,
-            data.questions,
-            model_id,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.generation_batch_size,
-            seed=cfg.seed,
-        )
-        answers_path = out_dir / "model_answer" / f"{model_id}.jsonl"
-        _write_jsonl(answers_path, rows)
-        answers = {row["question_id"]: row["choices"][0]["turns"] for row in rows}
+        answers_path = write_answers(model, tokenizer, cfg, out_dir, model_id, data=data)
+        return score_answers(answers_path, cfg, out_dir, model_id, judge=judge, data=data)
+    finally:
+        if own_judge and isinstance(judge, OpenAIJudge):
+            judge.close()
+
+
+def _check_model_id(model_id: str) -> None:
+    if not isinstance(model_id, str) or not model_id or safe_name(model_id) != model_id:
+        raise ValueError(f"model_id must be a non-empty name of letters, digits, '.', '_', '-': {model_id!r}")
+
+
+def write_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: EvalConfig,
+    out_dir: Path,
+    model_id: str,
+    data: MTBenchData | None = None,
+) -> Path:
+    """Generate both turns of every question with ``model`` and write ``model_answer/<model_id>.jsonl``.
+
+    The first half of :func:`run_mt_bench`, which a sweep runs on the trial's (GPU) resources.
+
+    Returns:
+        The answers file.
+    """
+    _check_model_id(model_id)
+    data = data or load_mt_bench_data(cfg)
+    logger.info("MT-Bench: answering %d questions with %s", len(data.questions), model_id)
+    rows = generate_answers(
+        model,
+        tokenizer,
+        data.questions,
+        model_id,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.generation_batch_size,
+        seed=cfg.seed,
+    )
+    answers_path = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
+    _write_jsonl(answers_path, rows)
+    return answers_path
+
+
+def score_answers(
+    answers_path: Path,
+    cfg: EvalConfig,
+    out_dir: Path,
+    model_id: str,
+    judge: Judge | None = None,
+    data: MTBenchData | None = None,
+) -> MTBenchResult:
+    """Judge a ``model_answer`` file and score it: the second half of :func:`run_mt_bench`.
+
+    A sweep runs this in its driver, so the judge's API key never leaves the driver's environment.
+
+    Returns:
+        The scores (also written to ``mt_bench_scores.json``).
+    """
+    _check_model_id(model_id)
+    data = data or load_mt_bench_data(cfg)
+    own_judge = judge is None
+    if judge is None:
+        judge = build_judge(cfg)
+    out_dir = Path(out_dir)
+    rows = [json.loads(line) for line in Path(answers_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    answers = {row["question_id"]: row["choices"][0]["turns"] for row in rows}
+    try:
         logger.info("MT-Bench: judging with %r", judge)
         records = judge_answers(data, answers, judge, model_id, cfg.strict_rating_range)
     finally:
@@ -296,7 +349,9 @@ def run_mt_bench(
     overall, turn_scores, category_scores, n_valid, n_invalid = summarize_judgments(
         records, {q.question_id: q.category for q in data.questions}
     )
-    result = MTBenchResult(overall, turn_scores, category_scores, n_valid, n_invalid, answers_path, judgments_path)
+    result = MTBenchResult(
+        overall, turn_scores, category_scores, n_valid, n_invalid, Path(answers_path), judgments_path
+    )
     summary = {"model_id": model_id, "judge": judge.name, "metrics": result.as_metrics()}
     (out_dir / SCORES_FILENAME).write_text(json.dumps(summary, indent=2) + "\n")
     if n_invalid:

@@ -187,6 +187,10 @@ class MLflowTracker(Callback):
         elif kind == "parent_metrics":
             metrics = [Metric(k, v, op["timestamp"], 0) for k, v in op["metrics"].items()]
             self.client.log_batch(self._ensure_parent(), metrics=metrics)
+        elif kind == "trial_artifacts":
+            run_id = self._ensure_trial_run(op["trial_id"], op["config"])
+            for path in op["paths"]:
+                self.client.log_artifact(run_id, path, op["artifact_path"])
         elif kind == "close":
             self.client.set_terminated(self._ensure_parent(), op["status"])
         else:
@@ -296,10 +300,9 @@ class MLflowTracker(Callback):
         self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
         if any(key.startswith("eval_") for key in result) or result.get("final"):
             acc = result.get("eval_rewards/accuracies", math.nan)
-            self.echo(
-                f"[sweep] {self.trial_name(config)} step {step}: loss={result.get('loss', math.nan):.4g} "
-                f"held-out acc={acc:.3f}"
-            )
+            verdict = "diverged" if result.get("verdict/diverged") else "stable"
+            ending = f" -> finished ({verdict})" if result.get("final") else ""
+            self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}{ending}")
 
     # -- end of sweep ---------------------------------------------------------------------------------------------
 
@@ -331,6 +334,24 @@ class MLflowTracker(Callback):
         metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if _is_number(v)]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+    def log_trial_metrics(self, trial_id: str, config: dict, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log extra metrics (e.g. MT-Bench scores) on a trial's nested run."""
+        timestamp = int(time.time() * 1000)
+        rows = [(k, float(v), timestamp, step) for k, v in metrics.items() if _is_number(v)]
+        self._submit({"op": "metrics", "trial_id": trial_id, "config": config, "metrics": rows})
+
+    def log_trial_artifacts(self, trial_id: str, config: dict, paths: Iterable[Path], artifact_path: str) -> None:
+        """Upload files (e.g. MT-Bench answers and judgments) to a trial's nested run."""
+        self._submit(
+            {
+                "op": "trial_artifacts",
+                "trial_id": trial_id,
+                "config": config,
+                "paths": [str(p) for p in paths],
+                "artifact_path": artifact_path,
+            }
+        )
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str = "stability_map") -> None:
         """Upload files (tables, heatmaps) to the parent run."""

@@ -8,7 +8,6 @@ This follows the Tune/Train interop that Ray 2.60 documents for Train V2: the Tu
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -17,13 +16,19 @@ from typing import Any
 import datasets
 import ray.train
 import ray.tune
+import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from evaluation.config import EvalConfig
+from evaluation.mt_bench import write_answers
 from sweep.stoppers import EVAL_REPORT, FINAL_REPORT, REPORT_TYPE, STEP, TRAIN_REPORT
 from trainers.config import LossConfig, TrainConfig
 from trainers.reference import ReferenceLogps
 from trainers.train import HELD_OUT_ACCURACY, run_trial
+
+CONTROLLER_RETRIES = 3
+"""Attempts of a trial's Train controller to start its worker group before the trial fails."""
 
 FINAL = "final"
 """Result key set to 1 on a trial's last report, which carries its verdict."""
@@ -43,9 +48,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     """
     os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
     datasets.disable_progress_bars()
-    # dill (behind datasets' fingerprinting) disassembles every hashed function at INFO level, which Ray's worker
-    # logging setup would forward to the driver.
-    logging.getLogger("dill").setLevel(logging.WARNING)
     train = TrainConfig(**config["train"])
     loss = LossConfig(**config["loss"])
     latest: dict[str, float] = {}
@@ -74,6 +76,25 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ray.train.report(final)
 
 
+def trial_output_dir(storage_path: str, experiment: str, trial_id: str) -> Path:
+    """Where a trial saves its final policy (``model/``), on the sweep's storage so the driver can read it."""
+    return Path(storage_path) / experiment / "trials" / trial_id
+
+
+def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, out_dir: str, model_id: str) -> str:
+    """Ray task: answer the MT-Bench questions with a trial's saved policy; returns the answers file.
+
+    Runs on a trial's resources (the GPU a 7B policy needs); judging happens in the driver.
+    """
+    from trainers.models import load_model, load_tokenizer
+    from trainers.train import PRECISION_DTYPES
+
+    model = load_model(model_dir, dtype=PRECISION_DTYPES[precision])
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return str(write_answers(model, load_tokenizer(model_dir), cfg, Path(out_dir), model_id))
+
+
 def tune_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: run the trial's ``TorchTrainer`` on its own placement group.
 
@@ -85,7 +106,7 @@ def tune_trial(config: dict[str, Any]) -> None:
     trial = config["trial"]
     resources = config["resources"]
     train = {**config["train"], "seed": trial["seed"]}
-    train["output_dir"] = str(Path(context.get_trial_dir()) / "trial")
+    train["output_dir"] = str(trial_output_dir(config["storage_path"], config["experiment"], context.get_trial_id()))
     use_gpu = resources["use_gpu"]
     worker_resources = {"CPU": resources["cpus_per_worker"]}
     if use_gpu:
@@ -101,6 +122,9 @@ def tune_trial(config: dict[str, Any]) -> None:
             name=f"train-{context.get_trial_id()}",
             storage_path=config["storage_path"],
             callbacks=[TuneReportCallback()],
+            # A crashed trial is retried by Tune (resources.max_failures) from a clean start; the controller itself
+            # gives up after a few failed attempts to start its workers instead of retrying forever.
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=CONTROLLER_RETRIES),
         ),
     )
     trainer.fit()

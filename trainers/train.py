@@ -218,7 +218,10 @@ def run_trial(
         trainer.remove_callback(noisy)
     trainer.train()
     verdict = collapse.verdict
-    if not verdict.diverged:
+    evaluated_last_step = any(
+        HELD_OUT_ACCURACY in h and h["step"] == trainer.state.global_step for h in collapse.history
+    )
+    if not verdict.diverged and not evaluated_last_step:
         trainer.evaluate()
     model_dir = None
     if train.save_model and not verdict.diverged:
