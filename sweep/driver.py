@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -23,6 +24,9 @@ from trainers.train import load_trial_data
 
 STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
 
+
+CONFIG_FILE = "sweep_config.json"
+"""The sweep's config, stored in its experiment directory: rerunning the same config resumes the sweep."""
 
 MLFLOW_SPOOL = "mlflow_pending.jsonl"
 """File in the experiment directory holding MLflow updates not yet delivered (replayed on ``--resume``)."""
@@ -126,6 +130,7 @@ class SweepDriver:
             SweepInputError: Naming what is wrong.
         """
         train = self.config.train
+        self._check_existing_sweep()
         try:
             resolve_model_path(train.model)
         except (FileNotFoundError, ValueError) as err:
@@ -138,6 +143,20 @@ class SweepDriver:
             raise SweepInputError(f"train.data: {err}") from None
         except (FileNotFoundError, ValueError, OSError) as err:
             raise SweepInputError(f"train.data {train.data!r}: {err}") from None
+
+    def _check_existing_sweep(self) -> None:
+        """Rerunning the same sweep resumes it; a different config under the same name needs ``--resume``."""
+        stored = Path(self.storage_path) / self.config.name / CONFIG_FILE
+        if not stored.is_file():
+            return
+        current = json.loads(json.dumps(to_dict(self.config), sort_keys=True))
+        if json.loads(stored.read_text()) == current:
+            self.resume = True
+        elif not self.resume:
+            raise SweepInputError(
+                f"a sweep named {self.config.name!r} with a different config exists in {stored.parent}; pass --resume "
+                "to continue it with this config, or --name to start a new sweep"
+            )
 
     def total_steps(self) -> int:
         """Optimizer steps one trial runs (ASHA's ``max_t``)."""
@@ -277,6 +296,7 @@ class SweepDriver:
                     f"a sweep named {config.name!r} already exists in {experiment_dir}; pass --resume to continue "
                     "it, or --name to start a new one"
                 )
+            print(f"[sweep] resuming {config.name} from {experiment_dir}")
             tuner = tune.Tuner.restore(
                 str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
             )
@@ -287,6 +307,8 @@ class SweepDriver:
                 tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency),
                 run_config=run_config,
             )
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
         results = tuner.fit()
         trials = self.collect(results)
         trials = self.score_mt_bench(trials, tracker)

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the sweep of the same name from Ray Tune's experiment state (finished trials are kept)",
+        help="continue the sweep of the same name from Ray Tune's experiment state (finished trials are kept); "
+        "rerunning an unchanged config resumes on its own, --resume also accepts a changed one",
     )
     parser.add_argument(
         "--address", default=None, help="Ray address to join (default: RAY_ADDRESS, the job's cluster, or local)"
