@@ -90,23 +90,23 @@ def test_non_finite_values_count_inside_the_grace_period():
 # ------------------------------------------------------------------------------------------ explosions
 
 
-def test_loss_explosion_against_grace_period_median():
-    """Grace losses [1, 3, 2] -> median 2 -> threshold 10 x 2 = 20, strictly exceeded at the third later step."""
+def test_loss_explosion_against_largest_grace_period_loss():
+    """Grace losses [1, 3, 2] -> largest 3 -> threshold 10 x 3 = 30, strictly exceeded at the third later step."""
     monitor = DivergenceMonitor(DivergenceConfig(grace_steps=3, loss_explosion_factor=10.0))
-    steps = [_step(loss) for loss in (1.0, 3.0, 2.0, 19.9, 20.0, 20.5)]
+    steps = [_step(loss) for loss in (1.0, 3.0, 2.0, 29.9, 30.0, 30.5)]
     verdicts = _feed(monitor, steps)
     assert verdicts[:5] == [None] * 5
     verdict = verdicts[5]
     assert (verdict.reason, verdict.step, verdict.kind) == ("loss_explosion", 6, None)
-    assert verdict.detail == "loss=20.5 > 20"
+    assert verdict.detail == "loss=30.5 > 30"
 
 
 def test_huge_losses_and_norms_inside_the_grace_period_do_not_fire():
     monitor = DivergenceMonitor(DivergenceConfig(grace_steps=3))
     steps = [_step(1.0, 1.0), _step(500.0, 1e6), _step(2.0, 1.0)]
     assert _feed(monitor, steps) == [None] * 3
-    # The grace median (2.0), not the first loss, is the baseline: 19 < 10 x 2.
-    assert monitor.update(4, _step(19.0, 1.0)) is None
+    # The largest grace loss (500), not the last one, is the baseline: 4999 < 10 x 500.
+    assert monitor.update(4, _step(4999.0, 1.0)) is None
 
 
 def test_loss_explosion_baseline_is_floored_for_vanishing_grace_losses():
