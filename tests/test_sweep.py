@@ -1,0 +1,553 @@
+"""End-to-end sweeps on real Ray, as a user runs them: ``python sweep/run.py`` and ``ray job submit``.
+
+* One sweep of the tiny random model (a 2 x 2 grid, one beta_kl so large that its cells diverge at step 2)
+  runs as a subprocess on a local Ray instance and logs to a real ``mlflow server`` on 127.0.0.1. Its
+  results, stability map and MLflow runs are checked by several tests that share that one run.
+* A real Ray cluster started with ``ray start --head`` (token authentication on, its own temp dir) runs the smoke
+  sweep submitted with ``ray job submit --working-dir <repo>``, and refuses a GPU sweep before any trial starts.
+
+Every process these tests start carries a marker variable in its environment; the fixtures end exactly the
+processes carrying it (Ray workers included), never Ray instances started by anyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from sweep.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+from trainers.collapse import REASONS
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_SCRIPT = "sweep/run.py"
+BIN_DIR = Path(sys.executable).parent
+"""The virtualenv's ``bin``: ``ray``, ``mlflow`` and the ``python`` a Ray job's entrypoint resolves to."""
+MARK_VAR = "DLRML_TEST_PROCESS_GROUP"
+RAY_STARTED = "Started a local Ray instance"
+
+MAX_STEPS = 5
+STABLE_BETA, DIVERGENT_BETA = 0.1, 500.0
+LOSSES = ("dpo", "dlrml")
+SWEEP_NAME = "smoke-divergent"
+DIVERGENT_OVERRIDES = [
+    f"grid.losses=[{','.join(LOSSES)}]",
+    f"grid.beta_kl=[{STABLE_BETA},{DIVERGENT_BETA}]",
+    "grid.beta_mix=[0.2]",
+    # At beta_kl = 500 the first Adam step already moves the log-ratio margins enough that DPO's loss jumps
+    # ~60x (loss explosion, 1 grace step) and dLRML's overflows (non-finite) at step 2; at beta_kl = 0.1 both
+    # stay within 10% of their starting loss, their grad norms far below 10x their running median.
+    "train.learning_rate=1e-3",
+    "train.divergence.grace_steps=1",
+    f"train.max_steps={MAX_STEPS}",
+    "train.eval_steps=2",
+    # ASHA's first rung (step 4) comes after the divergent cells have stopped, so only stable trials compete there
+    # and the first to arrive is always promoted: at least one stable trial completes.
+    "scheduler.grace_period=4",
+]
+N_TRIALS = len(LOSSES) * 2
+FAKE_SECRETS = {
+    "OPENAI_API_KEY": "sk-test-SECRET123",
+    "MLFLOW_TRACKING_TOKEN": "tok-SECRET456",
+    "HF_TOKEN": "hf_test_SECRET789",
+}
+SWEEP_TIMEOUT_S = 540
+UPLOAD_EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "sweep_results",
+    "ray_results",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "outputs",
+    "**/__pycache__",
+]
+"""Never uploaded with a job's working directory (``.gitignore`` is honoured too)."""
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Live processes whose environment carries ``MARK_VAR=mark`` (inherited by every Ray process they start)."""
+    needle = f"{MARK_VAR}={mark}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_marked(mark: str, grace_s: float) -> list[int]:
+    """Wait up to ``grace_s`` for the marked processes to exit, then SIGKILL the rest; returns those killed."""
+    deadline = time.monotonic() + grace_s
+    while (left := marked_pids(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def make_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment of a test's processes: the venv first on PATH, offline hub, a private Ray temp dir, a marker.
+
+    The Ray temp dir is short (Unix socket paths are limited to 107 bytes) and private, so a local
+    ``ray.init()`` never joins a cluster someone else started on this machine.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(
+        PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        RAY_TMPDIR=str(tmp),
+        RAY_USAGE_STATS_ENABLED="0",
+        # Ray Train gives a trial's worker group 60 s to start; a 2-core box busy with other jobs can need more.
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300",
+        **{MARK_VAR: uuid.uuid4().hex},
+        **extra,
+    )
+    return env
+
+
+class Finished(subprocess.CompletedProcess):
+    """A finished command, plus the processes it started that were still alive ``linger_s`` after it."""
+
+    def __init__(self, args: list[str], returncode: int, stdout: str, stderr: str, lingering: list[int]) -> None:
+        super().__init__(args, returncode, stdout, stderr)
+        self.lingering = lingering
+
+
+def run(command: list[str], *, cwd: Path, env: dict[str, str], timeout: float, linger_s: float = 5) -> Finished:
+    """Run ``command`` in its own process group, under a fresh marker.
+
+    Whatever it started (a local Ray instance) gets ``linger_s`` to exit after it returns, and is then ended;
+    on a timeout, the command and everything it started are ended at once.
+    """
+    env = {**env, MARK_VAR: uuid.uuid4().hex}
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            end_marked(env[MARK_VAR], 0)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{command} still running after {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    lingering = end_marked(env[MARK_VAR], linger_s)
+    return Finished(command, process.returncode, stdout, stderr, lingering)
+
+
+def run_sweep(*args: str, cwd: Path, env: dict[str, str]) -> Finished:
+    """``python sweep/run.py ARGS`` from ``cwd``."""
+    return run(
+        [sys.executable, str(REPO_ROOT / RUN_SCRIPT), *args], cwd=cwd, env=env, timeout=SWEEP_TIMEOUT_S, linger_s=30
+    )
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Wait until ``url`` answers HTTP at all (any status: it may want a token) while ``process`` lives."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} not answering after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_group(process: subprocess.Popen, mark: str, grace_s: float) -> list[int]:
+    """SIGTERM a server's process group, then end every marked process still alive after ``grace_s``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    killed = end_marked(mark, grace_s)
+    process.wait(timeout=30)
+    return killed
+
+
+# ------------------------------------------------------------------------------------------------ MLflow server
+
+
+@dataclass
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and proxied artifacts in a temp dir."""
+
+    url: str
+    backend: Path
+    artifacts: Path
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    server = MlflowServer(f"http://127.0.0.1:{port}", tmp / "mlflow.db", tmp / "artifacts")
+    env = make_env(tmp)
+    log = tmp / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server"),
+                *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+                *("--backend-store-uri", f"sqlite:///{server.backend}"),
+                *("--artifacts-destination", str(server.artifacts)),
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"{server.url}/health", process, log)
+        yield server
+    finally:
+        stop_group(process, env[MARK_VAR], grace_s=10)
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+@dataclass
+class SweepRun:
+    """One finished sweep and where it wrote."""
+
+    proc: Finished
+    cwd: Path
+    results: Path
+    ray_tmp: Path
+    trials: pd.DataFrame
+    cells: pd.DataFrame
+    mlflow: MlflowServer
+
+    @property
+    def map_dir(self) -> Path:
+        return self.results / SWEEP_NAME / "map"
+
+
+@pytest.fixture(scope="module")
+def divergent_sweep(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Iterator[SweepRun]:
+    cwd = tmp_path_factory.mktemp("sweep_cwd")
+    results = tmp_path_factory.mktemp("sweep") / "results"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="dlrml-ray-", dir="/tmp"))
+    try:
+        proc = run_sweep(
+            *("--config", "smoke", "--name", SWEEP_NAME, "--mlflow-uri", mlflow_server.url),
+            f"storage_path={results}",
+            *DIVERGENT_OVERRIDES,
+            cwd=cwd,
+            env=make_env(ray_tmp, **FAKE_SECRETS),
+        )
+        assert proc.returncode == 0, f"sweep failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+        map_dir = results / SWEEP_NAME / "map"
+        yield SweepRun(
+            proc=proc,
+            cwd=cwd,
+            results=results,
+            ray_tmp=ray_tmp,
+            trials=pd.read_csv(map_dir / "trials.csv"),
+            cells=pd.read_csv(map_dir / "cells.csv"),
+            mlflow=mlflow_server,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def expected_grid() -> set[tuple[str, float, int]]:
+    return {(loss, beta, 0) for loss in LOSSES for beta in (STABLE_BETA, DIVERGENT_BETA)}
+
+
+def test_sweep_prints_its_summary(divergent_sweep):
+    out = divergent_sweep.proc.stdout
+    assert f"trials: {N_TRIALS} (" in out
+    assert f"stability map: {divergent_sweep.map_dir}" in out
+    assert f"MLflow: {divergent_sweep.mlflow.url}" in out
+    assert "WARNING" not in out.split(f"trials: {N_TRIALS}")[1]  # every MLflow call was delivered
+
+
+def test_sweep_shuts_its_local_ray_instance_down(divergent_sweep):
+    assert divergent_sweep.proc.lingering == []
+
+
+def test_every_grid_point_ran_exactly_once(divergent_sweep):
+    trials = divergent_sweep.trials
+    assert len(trials) == N_TRIALS
+    assert trials["trial_id"].is_unique
+    assert {(r.loss, r.beta_kl, int(r.seed)) for r in trials.itertuples()} == expected_grid()
+    assert set(trials.loc[trials["loss"] == "dlrml", "beta_mix"]) == {0.2}
+    assert trials.loc[trials["loss"] == "dpo", "beta_mix"].isna().all()
+
+
+def test_divergent_cells_are_stopped_early_with_a_reason(divergent_sweep):
+    divergent = divergent_sweep.trials[divergent_sweep.trials["beta_kl"] == DIVERGENT_BETA]
+    assert len(divergent) == len(LOSSES)
+    for row in divergent.itertuples():
+        assert row.status == "diverged", row
+        assert str(row.reason).split(" ")[0] in REASONS, row.reason
+        assert 1 <= row.diverged_step < MAX_STEPS
+        assert row.diverged_step <= row.steps < MAX_STEPS
+    cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == DIVERGENT_BETA]
+    assert list(cells["collapse_rate"]) == [1.0] * len(LOSSES)
+    assert not cells["stable"].any()
+
+
+def test_stable_cells_complete_or_are_pruned_consistently(divergent_sweep):
+    stable = divergent_sweep.trials[divergent_sweep.trials["beta_kl"] == STABLE_BETA]
+    assert len(stable) == len(LOSSES)
+    for row in stable.itertuples():
+        assert row.status in {"completed", "pruned"}, row
+        assert math.isnan(row.diverged_step)
+        if row.status == "completed":
+            assert row.steps == MAX_STEPS and pd.isna(row.reason)
+        else:
+            assert row.steps < MAX_STEPS and str(row.reason).startswith("asha")
+        assert 0.0 <= row.eval_accuracy <= 1.0
+    assert (stable["status"] == "completed").any()
+    cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == STABLE_BETA]
+    assert list(cells["collapse_rate"]) == [0.0] * len(LOSSES)
+
+
+def test_stability_map_is_written(divergent_sweep):
+    map_dir = divergent_sweep.map_dir
+    names = {p.name for p in map_dir.iterdir()}
+    figures = {f"{kind}_{loss}.png" for kind in ("collapse", "score") for loss in LOSSES} | {"stability_overview.png"}
+    assert {"trials.csv", "cells.csv", *figures} <= names
+    for name in figures:
+        assert (map_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(divergent_sweep.cells) == N_TRIALS  # one seed: one trial per cell
+
+
+# ------------------------------------------------------------------------------------------------ MLflow contents
+
+
+@pytest.fixture(scope="module")
+def mlflow_runs(divergent_sweep):
+    """``(client, parent run, {trial_id: nested run}, every run)`` as the tracking server has them."""
+    client = MlflowClient(divergent_sweep.mlflow.url)
+    experiment = client.get_experiment_by_name("dlrml-sweep")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == SWEEP_NAME and PARENT_TAG not in r.data.tags]
+    assert len(parents) == 1, f"expected one parent run, got {[r.info.run_id for r in parents]}"
+    parent = parents[0]
+    nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    return client, parent, {r.data.tags[TRIAL_TAG]: r for r in nested}, runs
+
+
+def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlflow_runs):
+    _, parent, nested, runs = mlflow_runs
+    assert len(runs) == 1 + N_TRIALS
+    assert parent.info.run_name == SWEEP_NAME
+    assert set(nested) == set(divergent_sweep.trials["trial_id"])
+    for row in divergent_sweep.trials.itertuples():
+        run = nested[row.trial_id]
+        params = run.data.params
+        assert params["loss"] == row.loss
+        assert float(params["beta_kl"]) == row.beta_kl
+        assert int(params["seed"]) == row.seed
+        assert float(params["learning_rate"]) == 1e-3
+        assert run.data.tags["dlrml.status"] == row.status
+        assert run.data.tags[SWEEP_TAG] == SWEEP_NAME
+
+
+def test_mlflow_runs_are_all_closed(divergent_sweep, mlflow_runs):
+    _, parent, nested, runs = mlflow_runs
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert parent.info.status == "FINISHED"
+    expected = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED", "errored": "FAILED"}
+    for row in divergent_sweep.trials.itertuples():
+        assert nested[row.trial_id].info.status == expected[row.status]
+        assert RunStatus.is_terminated(RunStatus.from_string(nested[row.trial_id].info.status))
+
+
+def test_mlflow_has_per_step_metric_histories(divergent_sweep, mlflow_runs):
+    client, _, nested, _ = mlflow_runs
+    for row in divergent_sweep.trials.itertuples():
+        run_id = nested[row.trial_id].info.run_id
+        history = client.get_metric_history(run_id, "loss")
+        steps = sorted({m.step for m in history})
+        # A loss for every optimizer step up to the one the trial stopped at (the divergence evidence included);
+        # the final report may repeat the last step's loss, never with another value.
+        assert steps == list(range(1, int(row.steps) + 1)), (row.trial_id, steps)
+        for step in steps:
+            values = {m.value for m in history if m.step == step}
+            assert len(values) == 1, (row.trial_id, step, values)
+        if row.status == "diverged":
+            assert steps[-1] == row.diverged_step >= 2
+        else:
+            assert len(steps) >= 4
+            accuracy = client.get_metric_history(run_id, "eval_rewards/accuracies")
+            assert {2, 4} <= {m.step for m in accuracy}  # held-out evaluations every train.eval_steps=2
+
+
+def test_mlflow_parent_holds_the_stability_map(divergent_sweep, mlflow_runs):
+    client, parent, _, _ = mlflow_runs
+    names = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "stability_map")}
+    assert {p.name for p in divergent_sweep.map_dir.iterdir()} <= names
+    stored = {p.name for p in divergent_sweep.mlflow.artifacts.rglob("*") if p.is_file()}
+    assert {"trials.csv", "cells.csv", "stability_overview.png"} <= stored
+    assert any(key.endswith("/collapse_rate") for key in parent.data.metrics)
+
+
+def test_no_secret_from_the_environment_is_written_anywhere(divergent_sweep):
+    sweep = divergent_sweep
+    roots = [sweep.cwd, sweep.results, sweep.ray_tmp, sweep.mlflow.artifacts, sweep.mlflow.backend]
+    files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
+    scanned = {p.name for p in files}
+    assert {"trials.csv", "cells.csv", "mlflow.db", "progress.csv", "params.json"} <= scanned
+    leaks = [
+        (str(path), name)
+        for path in files
+        for name, value in FAKE_SECRETS.items()
+        if value.encode() in path.read_bytes()
+    ]
+    assert leaks == []
+    for value in FAKE_SECRETS.values():
+        assert value not in sweep.proc.stdout + sweep.proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ a Ray cluster
+
+
+@dataclass
+class RayCluster:
+    """A head node started with ``ray start --head --block`` (token authentication, private temp dir)."""
+
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    tmp = Path(tempfile.mkdtemp(prefix="dlrml-cluster-", dir="/tmp"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    # Token authentication on for the cluster and for every client (the job CLI, the job's driver).
+    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    gcs_port, dashboard_port, *ports = (free_port() for _ in range(7))
+    log = tmp / "ray-start.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                *(str(BIN_DIR / "ray"), "start", "--head", "--block", "--disable-usage-stats"),
+                *(f"--port={gcs_port}", "--num-cpus=2", f"--temp-dir={tmp / 'ray'}"),
+                *("--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"),
+                f"--ray-client-server-port={ports[0]}",
+                f"--dashboard-agent-listen-port={ports[1]}",
+                f"--dashboard-agent-grpc-port={ports[2]}",
+                f"--runtime-env-agent-port={ports[3]}",
+                f"--metrics-export-port={ports[4]}",
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        wait_http(f"{cluster.dashboard_url}/api/version", process, log)
+        yield cluster
+    finally:
+        stop_group(process, env[MARK_VAR], grace_s=5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_cluster, tmp_path):
+    results = tmp_path / "results"
+    proc = run_sweep(
+        *("--config", "smoke", "--address", ray_cluster.gcs_address, "--no-mlflow"),
+        *(f"storage_path={results}", "resources.use_gpu=true", "resources.gpus_per_worker=1"),
+        cwd=tmp_path,
+        env=ray_cluster.env,
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: resources: one trial needs 1 GPU")
+    assert "the Ray cluster has 0 GPU" in error
+    assert "resources.autoscale" in error
+    output = proc.stdout + proc.stderr
+    assert RAY_STARTED not in output  # it joined the cluster at --address
+    assert "Trial status" not in output and "[sweep] started" not in output
+    assert not (results / "smoke").exists()
+
+
+def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
+    results = tmp_path / "results"  # absolute: the job's working directory is the uploaded package
+    submission_id = f"dlrml-test-{uuid.uuid4().hex[:8]}"
+    ray = str(BIN_DIR / "ray")
+    submit = run(
+        [
+            *(ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", submission_id),
+            *("--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES})),
+            *("--", "python", RUN_SCRIPT, "--config", "smoke", "--no-mlflow"),
+            *(f"storage_path={results}", "grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"),
+        ],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        timeout=SWEEP_TIMEOUT_S,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-5000:]
+    assert f"Job '{submission_id}' succeeded" in output
+    assert "trials: 1 (1 completed)" in output
+    status = run(
+        [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        timeout=120,
+    )
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
+    trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
+    assert list(trials["status"]) == ["completed"]
+    assert list(trials["steps"]) == [2]
+    assert (results / "smoke" / "map" / "stability_overview.png").is_file()
