@@ -90,3 +90,12 @@ def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_
             assert value == theirs[key] or (math.isnan(value) and math.isnan(theirs[key])), key
             compared += 1
     assert compared > 40
+
+
+def test_logps_of_other_pairs_are_refused(base, data, tmp_path):
+    """A trial whose pairs differ (another subset seed) must not silently read another subset's log-probs."""
+    reference = compute_reference_logps(base, data, tmp_path)
+    other = load_preference_data("embedded", max_train_rows=8, max_eval_rows=4, seed=1)
+    assert other.fingerprint() != data.fingerprint()
+    with pytest.raises(ValueError, match="computed for other pairs"):
+        attach_reference_logps(other, reference)

@@ -73,7 +73,9 @@ class TrainConfig:
         epochs: Epochs when ``max_steps`` is ``-1``.
         precision: ``"fp32"`` or ``"bf16"``.
         max_length: Max tokens of prompt + completion.
-        seed: Random seed (data order, dropout, init of anything random).
+        seed: Random seed of the training run (data order, dropout, anything random in training).
+        data_seed: Seed of the data subset (``max_*_rows``) and of the held-out split. It is not the trial seed,
+            so that every trial of a sweep, whatever its seed, trains and is evaluated on the same pairs.
         eval_steps: Held-out evaluation every this many steps (``0``: only at the end).
         warmup_ratio: Linear warm-up fraction.
         lr_scheduler: A transformers scheduler name.
@@ -101,6 +103,7 @@ class TrainConfig:
     precision: str = "fp32"
     max_length: int = 128
     seed: int = 0
+    data_seed: int = 0
     eval_steps: int = 0
     warmup_ratio: float = 0.0
     lr_scheduler: str = "linear"

@@ -78,10 +78,12 @@ class ReferenceLogps:
     Attributes:
         key: :func:`reference_key` of the inputs.
         path: Directory with one Arrow dataset per split (``__row``, ``ref_chosen_logps``, ``ref_rejected_logps``).
+        data_fingerprint: :meth:`PreferenceData.fingerprint` of the pairs they belong to.
     """
 
     key: str
     path: str
+    data_fingerprint: str
 
     def load(self, split: str) -> datasets.Dataset:
         """The stored log-probs of ``split`` (``"train"`` or ``"eval"``)."""
@@ -110,7 +112,7 @@ def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str 
     """
     key = reference_key(train, data)
     target = Path(root) / key
-    stored = ReferenceLogps(key=key, path=str(target))
+    stored = ReferenceLogps(key=key, path=str(target), data_fingerprint=data.fingerprint())
     if (target / _DONE).is_file():
         return stored
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +176,14 @@ def attach_reference_logps(
     trial's own preparation drops the same pairs again.
 
     Raises:
-        ValueError: If the stored log-probs do not belong to these pairs (row count mismatch).
+        ValueError: If the stored log-probs do not belong to these pairs.
     """
+    if data.fingerprint() != reference.data_fingerprint:
+        raise ValueError(
+            f"reference log-probs {reference.path} were computed for other pairs (data fingerprint "
+            f"{reference.data_fingerprint[:12]}, these pairs {data.fingerprint()[:12]}): the data, its subset "
+            "(max_*_rows, data_seed) or its split differ"
+        )
     out = []
     for split, dataset in zip(_SPLITS, (data.train, data.eval), strict=True):
         stored = reference.load(split)

@@ -153,7 +153,7 @@ def load_trial_data(train: TrainConfig) -> PreferenceData:
         eval_source=train.eval_data,
         max_train_rows=train.max_train_rows,
         max_eval_rows=train.max_eval_rows,
-        seed=train.seed,
+        seed=train.data_seed,
         on_bad_rows=train.on_bad_rows,
     )
 
