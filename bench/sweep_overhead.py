@@ -1,0 +1,151 @@
+"""Benchmark: wall time of an N-trial sweep vs the same trials run standalone, and launch-to-first-step time.
+
+Usage::
+
+    python bench/sweep_overhead.py                                  # embedded SmolLM2-135M, 2 trials
+    python bench/sweep_overhead.py --model tiny-random --trials 2   # quick run
+
+The sweep is ``python sweep/run.py --config smoke --no-mlflow`` in a temporary directory, with ``--trials`` DPO
+trials (seeds ``0..N-1``), ASHA off (every trial runs all its steps, as standalone runs do) and
+``resources.cpus_per_worker`` = every CPU, so trials run one at a time with the same thread count as a standalone
+run. The standalone side runs ``python -m trainers.train`` with exactly the same settings, once per trial, one
+after the other, and its trial compute is the sum of those processes' wall times (each pays its own start-up,
+model load and reference pass; the sweep pays the reference pass once).
+
+* overhead = (sweep wall - sum of standalone walls) / sum of standalone walls (negative: the sweep is faster).
+* first step = the earliest training-step report in Tune's ``result.json`` files (``timestamp``, 1 s resolution)
+  minus the time ``sweep/run.py`` was launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import load_average, run_logged, sweep_command, trials_table, tune_results
+
+TRAIN_REPORT = 0  # sweep.stoppers.TRAIN_REPORT: the ``report/type`` of a training-step report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/sweep_overhead.py",
+        description="Sweep wall time vs the sum of the same trials run standalone; launch-to-first-step time.",
+    )
+    p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M), 'tiny-random' or a local path")
+    p.add_argument("--trials", type=int, default=2, help="number of trials (DPO, seeds 0..N-1)")
+    p.add_argument("--max-steps", type=int, default=4, help="optimizer steps per trial")
+    p.add_argument("--out", default="bench/results/sweep_overhead.json", help="where to write the JSON results")
+    return p
+
+
+def _shared_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The trial settings both sides use (the smoke config's, with the model and step count of the bench)."""
+    return {
+        "loss": "dpo",
+        "beta_kl": 0.1,
+        "model": args.model,
+        "data": "embedded",
+        "max_train_rows": 16,
+        "max_eval_rows": 8,
+        "lr": 1e-4,
+        "batch_size": 2,
+        "max_steps": args.max_steps,
+        "max_length": 64,
+        "eval_steps": 2,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.max_steps < 1:
+        parser.error("--trials and --max-steps must be >= 1")
+    settings = _shared_settings(args)
+    seeds = list(range(args.trials))
+    cpus = os.cpu_count() or 1
+    overrides = [
+        "grid.losses=[dpo]",
+        "grid.beta_mix=[]",
+        f"grid.beta_kl=[{settings['beta_kl']}]",
+        f"grid.seeds=[{','.join(map(str, seeds))}]",
+        f"train.model={args.model}",
+        f"train.max_steps={args.max_steps}",
+        "scheduler.asha=false",
+        f"resources.cpus_per_worker={cpus}",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        tmp_path = Path(tmp)
+        storage = tmp_path / "storage"
+        load_before = load_average()
+        launched, sweep_wall = run_logged(sweep_command("overhead", storage, overrides), tmp_path / "sweep.log")
+        load_sweep = load_average()
+        reports = [r for r in tune_results(storage, "overhead") if r.get("report/type") == TRAIN_REPORT]
+        if not reports:
+            raise RuntimeError(f"no training-step report in {storage / 'overhead'}")
+        first_step_s = min(r["timestamp"] for r in reports) - launched
+        log = (tmp_path / "sweep.log").read_text()
+        match = re.search(r"reference log-probs \S+ ready in ([\d.]+) s", log)
+        reference_s = float(match.group(1)) if match else None
+        statuses = trials_table(storage, "overhead")["status"].value_counts().to_dict()
+
+        standalone = []
+        for seed in seeds:
+            command = [sys.executable, "-m", "trainers.train", "--no-save", "--seed", str(seed)]
+            for key, value in settings.items():
+                command += [f"--{key.replace('_', '-')}", str(value)]
+            command += ["--output-dir", str(tmp_path / f"trial-{seed}")]
+            _, wall = run_logged(command, tmp_path / f"standalone-{seed}.log")
+            standalone.append({"seed": seed, "wall_s": wall, "load_average": load_average()})
+            print(f"[standalone seed={seed}] {wall:.1f} s (load {standalone[-1]['load_average']})", flush=True)
+
+    total_standalone = sum(run["wall_s"] for run in standalone)
+    overhead = (sweep_wall - total_standalone) / total_standalone
+    print()
+    print(f"model={args.model} trials={args.trials} max_steps={args.max_steps} cpus/trial={cpus}")
+    print(f"{'measure':<36} {'value':>10}   load (1/5/15 min)")
+    print(f"{'sweep wall (s)':<36} {sweep_wall:>10.1f}   {load_sweep}")
+    print(f"{'sum of standalone walls (s)':<36} {total_standalone:>10.1f}   {standalone[-1]['load_average']}")
+    print(f"{'sweep overhead':<36} {overhead:>10.1%}")
+    print(f"{'launch -> first trial step (s)':<36} {first_step_s:>10.1f}   {load_sweep}")
+    if reference_s is not None:
+        print(f"{'  of which shared reference pass (s)':<36} {reference_s:>10.1f}")
+    print(f"sweep trial statuses: {statuses}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "trials": args.trials,
+                "max_steps": args.max_steps,
+                "cpus_per_trial": cpus,
+                "sweep_overrides": overrides,
+                "standalone_settings": settings,
+                "sweep_wall_s": sweep_wall,
+                "standalone": standalone,
+                "standalone_total_s": total_standalone,
+                "overhead_fraction": overhead,
+                "first_step_s": first_step_s,
+                "reference_s": reference_s,
+                "sweep_statuses": statuses,
+                "load_average_before": load_before,
+                "load_average_after_sweep": load_sweep,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
