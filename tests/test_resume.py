@@ -1,0 +1,92 @@
+"""Driver restart: a sweep whose driver is SIGKILLed mid-run continues from Ray Tune's experiment state, keeping
+finished trials, and MLflow ends with exactly one closed nested run per trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _sweep_cmd(storage: Path, db: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "sweep" / "run.py"),
+        "--config",
+        "smoke",
+        "--mlflow-uri",
+        f"sqlite:///{db}",
+        f"storage_path={storage}",
+        "grid.seeds=[0,1]",
+        "scheduler.asha=false",
+    ]
+
+
+def _finished_trials(experiment: Path) -> int:
+    done = 0
+    for result in experiment.glob("tune_trial_*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        done += any(line.get("final") == 1 for line in lines)
+    return done
+
+
+def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path):
+    storage, db = tmp_path / "results", tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
+    first = subprocess.Popen(
+        _sweep_cmd(storage, db), cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True
+    )
+    experiment = storage / "smoke"
+    deadline = time.monotonic() + 420
+    while _finished_trials(experiment) < 1 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert first.poll() is None, (
+        f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-3000:]}"
+    )
+    assert _finished_trials(experiment) >= 1, "no trial finished in time"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
+    first.wait(timeout=60)
+    log.close()
+    finished_before = _finished_trials(experiment)
+    assert finished_before < 4
+
+    second = subprocess.run(_sweep_cmd(storage, db), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming smoke" in second.stdout
+
+    trials = pd.read_csv(experiment / "map" / "trials.csv")
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "diverged"}
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment_id = client.get_experiment_by_name("dlrml-sweep").experiment_id
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    nested = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    assert len(parents) == 1
+    assert sorted(r.data.tags[TRIAL_TAG] for r in nested) == sorted(trials["trial_id"])
+    assert all(r.data.tags[PARENT_TAG] == parents[0].info.run_id for r in nested)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    by_trial = {r.data.tags[TRIAL_TAG]: r.data.tags["dlrml.status"] for r in nested}
+    assert by_trial == dict(zip(trials["trial_id"], trials["status"], strict=True))
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_ray():
+    """SIGKILLing a driver can leave the Ray instance it started behind; later tests need a clean machine."""
+    yield
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
