@@ -334,9 +334,11 @@ def test_llama_cpp_server_judges_real_answers(llama_server: str, monkeypatch: py
         assert rec["score"] == rating_to_score(parse_rating(rec["judgment"]), True)
         assert rec["score"] == -1 or 1 <= rec["score"] <= 10
     assert judge.retries == 0
-    # Greedy decoding (temperature 0): the same request gives the same judgment.
+    # A single request through the same client answers too (llama.cpp's greedy decoding is not bit-stable across
+    # differently batched requests, so the text itself is not compared).
     system = data.prompts["single-math-v1"].system_prompt
-    assert judge.complete(system, records[0]["user_prompt"]) == records[0]["judgment"]
+    again = judge.complete(system, records[0]["user_prompt"])
+    assert isinstance(again, str) and again.strip()
     judge.close()
 
 
