@@ -232,6 +232,7 @@ def materialize_embedded_model(cache_dir: Path | None = None) -> Path:
     return _materialize_atomically(
         root,
         EMBEDDED_MODEL_DIRNAME,
+        what=f"embedded model {gguf_path}",
         is_complete=lambda target: _is_complete(target, gguf_path),
         build=lambda out_dir: _write_embedded_checkpoint(gguf_path, out_dir),
     )
@@ -254,6 +255,7 @@ def materialize_tiny_model(cache_dir: Path | None = None, seed: int = 0) -> Path
     return _materialize_atomically(
         root,
         f"{TINY_MODEL}-seed{seed}",
+        what=f"tiny random model (seed {seed})",
         is_complete=lambda target: (target / COMPLETE_MARKER).is_file(),
         build=lambda out_dir: (
             save_tiny_model(out_dir, seed=seed),
@@ -263,13 +265,14 @@ def materialize_tiny_model(cache_dir: Path | None = None, seed: int = 0) -> Path
 
 
 def _materialize_atomically(
-    root: Path, dirname: str, *, is_complete: Callable[[Path], bool], build: Callable[[Path], object]
+    root: Path, dirname: str, *, what: str, is_complete: Callable[[Path], bool], build: Callable[[Path], object]
 ) -> Path:
     """Build ``root/dirname`` once across processes: ``fcntl`` lock, temporary directory, atomic rename.
 
     Args:
         root: Cache root.
         dirname: Checkpoint directory name under ``root``.
+        what: What is built, for the log line.
         is_complete: Whether an existing directory is a complete, current checkpoint.
         build: Writes the checkpoint into the directory it is given (its marker file last).
 
@@ -288,7 +291,7 @@ def _materialize_atomically(
             # Holding the lock, no other process is building: temporary directories left are from crashes.
             for stale in root.glob(f".{dirname}.*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            logger.info("materializing %s into %s", dirname, target)
+            logger.info("materializing %s into %s", what, target)
             tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dirname}.tmp-", dir=root))
             try:
                 build(tmp_dir)
