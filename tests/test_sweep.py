@@ -36,7 +36,7 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from sweep.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
 from trainers.collapse import REASONS
 
 pytestmark = pytest.mark.slow
@@ -380,6 +380,8 @@ def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlf
     _, parent, nested, runs = mlflow_runs
     assert len(runs) == 1 + N_TRIALS
     assert parent.info.run_name == SWEEP_NAME
+    assert parent.data.tags[ROLE_TAG] == "sweep"
+    assert {run.data.tags[ROLE_TAG] for run in nested.values()} == {"trial"}
     assert set(nested) == set(divergent_sweep.trials["trial_id"])
     for row in divergent_sweep.trials.itertuples():
         run = nested[row.trial_id]
