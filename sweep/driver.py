@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,7 @@ class SweepDriver:
         # Ray Train's print patch defeats dill's stdout capture (behind datasets' fingerprinting), which then
         # floods the driver log with bytecode listings. Inherited by a local Ray instance's workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=True)
+        _init_ray(self.address)
         concurrency = self._max_concurrent(ray.cluster_resources())
         experiment_dir = Path(self.storage_path) / config.name
         grid = self.grid()
@@ -424,6 +425,31 @@ class SweepDriver:
                 }
             )
         return pd.DataFrame(rows)
+
+
+def _init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (else ``RAY_ADDRESS`` or the one ``ray start`` recorded), or start one.
+
+    A local instance gets a GCS port chosen here, and every worker is told its address through ``RAY_ADDRESS``:
+    Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails as soon as another Ray
+    instance runs on the machine; it then never frees the placement group of a trial that Tune stopped (pruned or
+    diverged), and later trials wait forever for those CPUs.
+    """
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if ray.is_initialized() or canonicalize_bootstrap_address(address) is not None:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        return
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node when it starts its GCS
+    try:
+        gcs_address = f"{ray.util.get_node_ip_address()}:{port}"
+        ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
 
 
 def _last(history: pd.DataFrame | None, column: str) -> float:

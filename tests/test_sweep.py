@@ -5,6 +5,7 @@
   results, stability map and MLflow runs are checked by several tests that share that one run.
 * A real Ray cluster started with ``ray start --head`` (token authentication on, its own temp dir) runs the smoke
   sweep submitted with ``ray job submit --working-dir <repo>``, and refuses a GPU sweep before any trial starts.
+  It is up while the first sweep runs, so that sweep's local instance is not the only one on the machine.
 
 Every process these tests start carries a marker variable in its environment; the fixtures end exactly the
 processes carrying it (Ray workers included), never Ray instances started by anyone else.
@@ -268,7 +269,15 @@ class SweepRun:
 
 
 @pytest.fixture(scope="module")
-def divergent_sweep(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Iterator[SweepRun]:
+def divergent_sweep(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer, ray_cluster: RayCluster
+) -> Iterator[SweepRun]:
+    """The sweep, on its own local Ray instance while another one (``ray_cluster``) runs on the machine.
+
+    With two instances, Ray's address auto-detection fails; Ray Train's placement-group cleaner relies on it, so
+    the sweep must tell its workers which cluster is theirs, or a stopped trial's CPUs are never freed and the
+    last trial never starts.
+    """
     cwd = tmp_path_factory.mktemp("sweep_cwd")
     results = tmp_path_factory.mktemp("sweep") / "results"
     ray_tmp = Path(tempfile.mkdtemp(prefix="dlrml-ray-", dir="/tmp"))
