@@ -316,7 +316,15 @@ class SweepDriver:
         stability = write_stability_map(trials, config.map_dir())
         if tracker is not None:
             for _, row in trials.iterrows():
-                keys = ("reason", "steps", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
+                keys = (
+                    "reason",
+                    "steps",
+                    "attempts",
+                    "diverged_step",
+                    "eval_accuracy",
+                    "mt_bench_score",
+                    "mt_bench_reason",
+                )
                 summary = {k: row[k] for k in keys if k in row}
                 tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
             tracker.log_artifacts(stability.files)
@@ -387,6 +395,8 @@ class SweepDriver:
         The verdict is recomputed from the trial's reported history with the same monitor the trial and the
         stopper use, so it does not depend on driver memory that a restart would lose.
         """
+        from sweep.trial import trial_attempts, trial_output_dir
+
         rows = []
         for result in results:
             config = result.config
@@ -409,9 +419,10 @@ class SweepDriver:
                 status, reason = STATUS_COMPLETED, None
             else:
                 status, reason = STATUS_PRUNED, f"asha at step {steps}"
+            trial_id = metrics.get("trial_id") or Path(result.path).name
             rows.append(
                 {
-                    "trial_id": metrics.get("trial_id") or Path(result.path).name,
+                    "trial_id": trial_id,
                     "loss": loss["name"],
                     "beta_kl": loss["beta_kl"],
                     "beta_mix": loss["beta_mix"] if loss["beta_mix"] is not None else math.nan,
@@ -420,6 +431,7 @@ class SweepDriver:
                     "reason": reason,
                     "diverged_step": verdict.step if verdict.diverged else math.nan,
                     "steps": steps,
+                    "attempts": trial_attempts(trial_output_dir(self.storage_path, self.config.name, trial_id)),
                     "eval_accuracy": _last(history, "eval_rewards/accuracies"),
                     "config": config,
                 }

@@ -8,8 +8,11 @@ This follows the Tune/Train interop that Ray 2.60 documents for Train V2: the Tu
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,12 @@ CONTROLLER_RETRIES = 3
 FINAL = "final"
 """Result key set to 1 on a trial's last report, which carries its verdict."""
 
+WORKERS_LOG = "workers.jsonl"
+"""In a trial's output dir: one line per worker process that started the trial (rank, pid, node, time).
+
+Tells an operator which processes (and logs) belong to a trial; the rank-0 lines count the trial's attempts.
+"""
+
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Numeric entries only (Tune results must be flat scalars); NaN/Inf are kept: they are evidence."""
@@ -50,6 +59,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     datasets.disable_progress_bars()
     train = TrainConfig(**config["train"])
     loss = LossConfig(**config["loss"])
+    _log_worker(Path(train.output_dir), ray.train.get_context().get_world_rank())
     latest: dict[str, float] = {}
 
     def report(step: int, metrics: dict[str, float]) -> None:
@@ -74,6 +84,23 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         "verdict/step": float(verdict.step) if verdict.step is not None else math.nan,
     }
     ray.train.report(final)
+
+
+def _log_worker(output_dir: Path, rank: int) -> None:
+    """Append this worker process to the trial's :data:`WORKERS_LOG` (one short line, atomic on POSIX)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    line = {"rank": rank, "pid": os.getpid(), "node": socket.gethostname(), "started_at": time.time()}
+    with (output_dir / WORKERS_LOG).open("a") as log:
+        log.write(json.dumps(line) + "\n")
+
+
+def trial_attempts(output_dir: Path) -> int:
+    """How many times the trial started: the rank-0 lines of its :data:`WORKERS_LOG` (0 if it never did)."""
+    path = output_dir / WORKERS_LOG
+    if not path.is_file():
+        return 0
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sum(line["rank"] == 0 for line in lines)
 
 
 def trial_output_dir(storage_path: str, experiment: str, trial_id: str) -> Path:

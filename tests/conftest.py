@@ -7,6 +7,9 @@ import time), so the project modules are imported inside the fixtures.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,11 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DIR}")
     return SHARED_DIR
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private temp dir directly under ``/tmp``: Ray's Unix socket paths inside it must stay under 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="dlrml-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG
+from tests.procs import MARK_VAR, end_marked, make_env, run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -43,9 +44,9 @@ def _finished_trials(experiment: Path) -> int:
     return done
 
 
-def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path):
+def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path, short_tmp):
     storage, db = tmp_path / "results", tmp_path / "mlflow.db"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
+    env = make_env(short_tmp)
     log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
     first = subprocess.Popen(
         _sweep_cmd(storage, db), cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True
@@ -58,13 +59,14 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path):
         f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-3000:]}"
     )
     assert _finished_trials(experiment) >= 1, "no trial finished in time"
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
+    os.killpg(first.pid, signal.SIGKILL)  # the driver...
+    end_marked(env[MARK_VAR], 0)  # ...and the local Ray instance it started, as a preempted node loses both
     first.wait(timeout=60)
     log.close()
     finished_before = _finished_trials(experiment)
     assert finished_before < 4
 
-    second = subprocess.run(_sweep_cmd(storage, db), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    second = run(_sweep_cmd(storage, db), cwd=tmp_path, env=env, timeout=600, linger_s=30)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming smoke" in second.stdout
 
@@ -83,10 +85,3 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs)
     by_trial = {r.data.tags[TRIAL_TAG]: r.data.tags["dlrml.status"] for r in nested}
     assert by_trial == dict(zip(trials["trial_id"], trials["status"], strict=True))
-
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_ray():
-    """SIGKILLing a driver can leave the Ray instance it started behind; later tests need a clean machine."""
-    yield
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)

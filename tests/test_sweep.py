@@ -6,6 +6,7 @@
 * A real Ray cluster started with ``ray start --head`` (token authentication on, its own temp dir) runs the smoke
   sweep submitted with ``ray job submit --working-dir <repo>``, and refuses a GPU sweep before any trial starts.
   It is up while the first sweep runs, so that sweep's local instance is not the only one on the machine.
+* On that cluster, a sweep whose trial worker is SIGKILLed by pid retries the trial, then records it ``errored``.
 
 Every process these tests start carries a marker variable in its environment; the fixtures end exactly the
 processes carrying it (Ray workers included), never Ray instances started by anyone else.
@@ -13,20 +14,16 @@ processes carrying it (Ray workers included), never Ray instances started by any
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,15 +35,14 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+from sweep.trial import WORKERS_LOG
+from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_SCRIPT = "sweep/run.py"
-BIN_DIR = Path(sys.executable).parent
-"""The virtualenv's ``bin``: ``ray``, ``mlflow`` and the ``python`` a Ray job's entrypoint resolves to."""
-MARK_VAR = "DLRML_TEST_PROCESS_GROUP"
 RAY_STARTED = "Started a local Ray instance"
 
 MAX_STEPS = 5
@@ -90,90 +86,7 @@ UPLOAD_EXCLUDES = [
 """Never uploaded with a job's working directory (``.gitignore`` is honoured too)."""
 
 
-# ------------------------------------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def marked_pids(mark: str) -> list[int]:
-    """Live processes whose environment carries ``MARK_VAR=mark`` (inherited by every Ray process they start)."""
-    needle = f"{MARK_VAR}={mark}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def end_marked(mark: str, grace_s: float) -> list[int]:
-    """Wait up to ``grace_s`` for the marked processes to exit, then SIGKILL the rest; returns those killed."""
-    deadline = time.monotonic() + grace_s
-    while (left := marked_pids(mark)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return left
-
-
-def make_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """Environment of a test's processes: the venv first on PATH, offline hub, a private Ray temp dir, a marker.
-
-    The Ray temp dir is short (Unix socket paths are limited to 107 bytes) and private, so a local
-    ``ray.init()`` never joins a cluster someone else started on this machine.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(
-        PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        RAY_TMPDIR=str(tmp),
-        RAY_USAGE_STATS_ENABLED="0",
-        # Ray Train gives a trial's worker group 60 s to start; a 2-core box busy with other jobs can need more.
-        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300",
-        **{MARK_VAR: uuid.uuid4().hex},
-        **extra,
-    )
-    return env
-
-
-class Finished(subprocess.CompletedProcess):
-    """A finished command, plus the processes it started that were still alive ``linger_s`` after it."""
-
-    def __init__(self, args: list[str], returncode: int, stdout: str, stderr: str, lingering: list[int]) -> None:
-        super().__init__(args, returncode, stdout, stderr)
-        self.lingering = lingering
-
-
-def run(command: list[str], *, cwd: Path, env: dict[str, str], timeout: float, linger_s: float = 5) -> Finished:
-    """Run ``command`` in its own process group, under a fresh marker.
-
-    Whatever it started (a local Ray instance) gets ``linger_s`` to exit after it returns, and is then ended;
-    on a timeout, the command and everything it started are ended at once.
-    """
-    env = {**env, MARK_VAR: uuid.uuid4().hex}
-    with subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            end_marked(env[MARK_VAR], 0)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"{command} still running after {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    lingering = end_marked(env[MARK_VAR], linger_s)
-    return Finished(command, process.returncode, stdout, stderr, lingering)
+# ------------------------------------------------------------------------------------------------ sweeps
 
 
 def run_sweep(*args: str, cwd: Path, env: dict[str, str]) -> Finished:
@@ -181,31 +94,6 @@ def run_sweep(*args: str, cwd: Path, env: dict[str, str]) -> Finished:
     return run(
         [sys.executable, str(REPO_ROOT / RUN_SCRIPT), *args], cwd=cwd, env=env, timeout=SWEEP_TIMEOUT_S, linger_s=30
     )
-
-
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    """Wait until ``url`` answers HTTP at all (any status: it may want a token) while ``process`` lives."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} not answering after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_group(process: subprocess.Popen, mark: str, grace_s: float) -> list[int]:
-    """SIGTERM a server's process group, then end every marked process still alive after ``grace_s``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    killed = end_marked(mark, grace_s)
-    process.wait(timeout=30)
-    return killed
 
 
 # ------------------------------------------------------------------------------------------------ MLflow server
@@ -562,3 +450,57 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
     assert list(trials["status"]) == ["completed"]
     assert list(trials["steps"]) == [2]
     assert (results / "smoke" / "map" / "stability_overview.png").is_file()
+
+
+def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path):
+    """SIGKILL one trial's Ray Train worker by pid, twice: with ``resources.max_failures=1`` Tune restarts the trial
+    once, then records it ``errored`` with its error; the other trial completes, and MLflow agrees."""
+    results, name, db = tmp_path / "results", "killed-worker", tmp_path / "mlflow.db"
+    env = {**ray_cluster.env, MARK_VAR: uuid.uuid4().hex}
+    command = [
+        *(sys.executable, str(REPO_ROOT / RUN_SCRIPT), "--config", "smoke", "--name", name),
+        *("--address", ray_cluster.gcs_address, "--mlflow-uri", f"sqlite:///{db}", f"storage_path={results}"),
+        *("grid.losses=[dpo]", "grid.beta_kl=[0.1,0.2]", "grid.beta_mix=[]", "scheduler.asha=false"),
+        *("resources.max_failures=1", "resources.max_concurrent_trials=1"),
+    ]
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        victim, killed = None, []
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while len(killed) < 2:  # the first attempt, then its retry
+            assert sweep.poll() is None, f"the sweep ended before its worker was killed twice:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no worker to kill:\n{log.read_text()[-3000:]}"
+            for workers in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
+                if victim not in (None, workers.parent.name):
+                    continue
+                lines = [json.loads(line) for line in workers.read_text().splitlines() if line.strip()]
+                pids = [line["pid"] for line in lines if line["rank"] == 0 and line["pid"] not in killed]
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    victim = workers.parent.name
+                    killed.append(pids[0])
+            time.sleep(0.1)
+        assert sweep.wait(timeout=SWEEP_TIMEOUT_S) == 0, log.read_text()[-5000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        end_marked(env[MARK_VAR], 30)
+
+    trials = pd.read_csv(results / name / "map" / "trials.csv").set_index("trial_id")
+    assert len(trials) == 2
+    errored = trials.loc[victim]
+    assert (errored["status"], errored["attempts"]) == ("errored", 2)
+    assert "worker process has died" in errored["reason"]  # the error Ray gave for the SIGKILLed actor
+    others = trials.drop(index=victim)
+    assert list(others["status"]) == ["completed"] and list(others["attempts"]) == [1]
+    assert "trials: 2 (1 completed, 1 errored)" in log.read_text()
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("dlrml-sweep").experiment_id])
+    nested = {r.data.tags[TRIAL_TAG]: r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"}
+    assert set(nested) == set(trials.index)
+    assert (nested[victim].info.status, nested[victim].data.tags["dlrml.status"]) == ("FAILED", "errored")
+    assert nested[victim].data.metrics["final/attempts"] == 2
+    assert all(r.info.status != "RUNNING" for r in runs)
