@@ -48,7 +48,7 @@ TRAIN_PAIRS = 64
 """Training pairs both sides load (the shared reference pass scores these once; a trial uses (steps + 1) x 4)."""
 
 
-def _train_config(model: str, steps: int, output_dir: str, seed: int):
+def bench_train_config(model: str, steps: int, output_dir: str, seed: int):
     """The :class:`~trainers.config.TrainConfig` both sides share (one warm-up step + ``steps`` measured)."""
     from trainers.config import TrainConfig
 
@@ -110,7 +110,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     from trainers.reference import ReferenceLogps, compute_reference_logps
     from trainers.train import load_trial_data, run_trial
 
-    train = _train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)
+    train = bench_train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)
     data = load_trial_data(train)
     if args.child == "reference":
         reference = compute_reference_logps(train, data, args.reference_root)

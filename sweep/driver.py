@@ -268,6 +268,7 @@ class SweepDriver:
                 metric=config.scheduler.metric,
                 mode="max",
                 max_t=self.total_steps() + 1,
+                final_step=self.total_steps(),
                 grace_period=config.scheduler.grace_period,
                 reduction_factor=config.scheduler.reduction_factor,
                 stop_last_trials=False,

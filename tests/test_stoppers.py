@@ -220,3 +220,16 @@ def test_finite_asha_records_a_completed_trials_metric_as_finite():
     rung = next(recorded for milestone, recorded in scheduler._brackets[0]._rungs if milestone == 2)
     assert rung == {"good": 0.8, "finished": 0.0}
     assert all(math.isfinite(v) for v in rung.values())
+
+
+def test_finite_asha_never_prunes_at_the_final_step():
+    """With 8-step trials, ASHA's rungs are steps 2, 4 and 8; a rung at step 8 could only relabel a fully trained
+    trial as pruned. Plain ASHA stops the weaker of two trials there; with ``final_step=8`` both go on, while the
+    same pair is still pruned at the earlier rung."""
+    at_end = {"strong": 0.9, "weak": 0.1}
+    plain = run_rung(make_scheduler(FiniteASHAScheduler), at_end, step=8)
+    assert plain == {"strong": TrialScheduler.CONTINUE, "weak": TrialScheduler.STOP}
+    final = make_scheduler(FiniteASHAScheduler, final_step=8)
+    assert run_rung(final, at_end, step=8) == {"strong": TrialScheduler.CONTINUE, "weak": TrialScheduler.CONTINUE}
+    earlier = run_rung(make_scheduler(FiniteASHAScheduler, final_step=8), at_end, step=4)
+    assert earlier == {"strong": TrialScheduler.CONTINUE, "weak": TrialScheduler.STOP}

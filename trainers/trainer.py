@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.profiler import record_function
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
@@ -25,6 +26,8 @@ from trainers.config import LossConfig
 from trainers.losses import MIX_SATURATION_EPS, get_loss
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_grad_norm")
+"""Labels of the step phases this trainer adds to any ``torch.profiler`` trace (``bench/profile_step.py``)."""
 _NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
 
 
@@ -80,23 +83,26 @@ class RegistryDPOTrainer(DPOTrainer):
         shift_mask = completion_mask[..., 1:]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        # One forward over the concatenated [chosen; rejected] batch; TRL's fused LM head returns per-token
-        # log-probs of the labels (0 on masked positions) without materialising the logits.
-        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
-        logps = outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1)  # (2B,)
-        ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.dtype)
-        if self.loss_spec.logp_reduction == "mean":
-            n_tokens = shift_mask.sum(dim=1).clamp(min=1)
-            loss_logps, loss_ref_logps = logps / n_tokens, ref_logps / n_tokens
-        else:
-            loss_logps, loss_ref_logps = logps, ref_logps
-        pi_c, pi_r = loss_logps.chunk(2)
-        ref_c, ref_r = loss_ref_logps.chunk(2)
-        hparams = self.loss_hparams()
-        out = self.loss_spec.fn(pi_c, pi_r, ref_c, ref_r, **hparams)
-        loss = out.losses.mean()
+        with record_function(PROFILE_RANGES[0]):
+            # One forward over the concatenated [chosen; rejected] batch; TRL's fused LM head returns per-token
+            # log-probs of the labels (0 on masked positions) without materialising the logits.
+            outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
+            logps = outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1)  # (2B,)
+        with record_function(PROFILE_RANGES[1]):
+            ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.dtype)
+            if self.loss_spec.logp_reduction == "mean":
+                n_tokens = shift_mask.sum(dim=1).clamp(min=1)
+                loss_logps, loss_ref_logps = logps / n_tokens, ref_logps / n_tokens
+            else:
+                loss_logps, loss_ref_logps = logps, ref_logps
+            pi_c, pi_r = loss_logps.chunk(2)
+            ref_c, ref_r = loss_ref_logps.chunk(2)
+            hparams = self.loss_hparams()
+            out = self.loss_spec.fn(pi_c, pi_r, ref_c, ref_r, **hparams)
+            loss = out.losses.mean()
         self._last_logps = tuple(t.detach() for t in (pi_c, pi_r, ref_c, ref_r))
-        self._record_metrics(mode, logps, ref_logps, out, hparams)
+        with record_function(PROFILE_RANGES[2]):
+            self._record_metrics(mode, logps, ref_logps, out, hparams)
         if return_outputs:
             raise NotImplementedError("RegistryDPOTrainer computes no logits for compute_metrics")
         return loss
@@ -153,6 +159,10 @@ class RegistryDPOTrainer(DPOTrainer):
 
     def _clip_grad_norm(self, model):
         """Clip as transformers does, but measure the pre-clip norm and count non-finite gradients first."""
+        with record_function(PROFILE_RANGES[3]):
+            return self._measure_and_clip(model)
+
+    def _measure_and_clip(self, model):
         if self.is_deepspeed_enabled:
             # ZeRO partitions the gradients; the engine's global norm is the only view of them.
             norm = super()._clip_grad_norm(model)
