@@ -21,7 +21,7 @@ from trainers.collapse import DivergenceMonitor
 from trainers.data import PreferenceData, PreferenceDataError
 from trainers.models import resolve_model_path
 from trainers.reference import ReferenceLogps, compute_reference_logps
-from trainers.train import load_trial_data
+from trainers.train import load_trial_data, resolve_deepspeed_config
 
 STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
 
@@ -136,8 +136,11 @@ class SweepDriver:
             resolve_model_path(train.model)
         except (FileNotFoundError, ValueError) as err:
             raise SweepInputError(f"train.model: {err}") from None
-        if train.deepspeed and not Path(train.deepspeed).is_file():
-            raise SweepInputError(f"train.deepspeed: DeepSpeed config {train.deepspeed!r} does not exist")
+        if train.deepspeed:
+            try:
+                resolve_deepspeed_config(train.deepspeed)
+            except FileNotFoundError as err:
+                raise SweepInputError(f"train.deepspeed: {err}") from None
         try:
             self.data = load_trial_data(train)
         except PreferenceDataError as err:

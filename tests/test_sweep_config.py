@@ -103,6 +103,21 @@ def test_seed_config_is_the_seed_experiment():
     assert grid.n_trials == len(grid.seeds) * len(grid.beta_kl) * (2 + mixes)
 
 
+def test_deepspeed_config_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    from trainers.train import DEEPSPEED_CONFIG_DIR, resolve_deepspeed_config
+
+    shipped = DEEPSPEED_CONFIG_DIR / "zero3_bf16.json"
+    monkeypatch.chdir(tmp_path)  # not the repository root: the seed config's relative path must still resolve
+    assert resolve_deepspeed_config("trainers/deepspeed/zero3_bf16.json") == shipped
+    assert resolve_deepspeed_config("zero3_bf16.json") == shipped
+    own = tmp_path / "trainers" / "deepspeed" / "zero3_bf16.json"
+    own.parent.mkdir(parents=True)
+    own.write_text("{}")
+    assert resolve_deepspeed_config("trainers/deepspeed/zero3_bf16.json") == own  # the user's own file first
+    with pytest.raises(FileNotFoundError, match="'zero4.json' not found"):
+        resolve_deepspeed_config("zero4.json")
+
+
 # ------------------------------------------------------------------------------------------------ grid size
 
 

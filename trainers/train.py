@@ -90,6 +90,27 @@ class TrialResult:
         }
 
 
+DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parent / "deepspeed"
+"""The DeepSpeed configs shipped with the project (``zero2_bf16.json``, ``zero3_bf16.json``)."""
+
+
+def resolve_deepspeed_config(path: str) -> Path:
+    """A DeepSpeed JSON config: ``path`` itself if it exists (absolute, or relative to the working directory), else
+    the same relative path inside the project (``trainers/deepspeed/zero3_bf16.json`` from anywhere), else a
+    shipped config by file name (``zero3_bf16.json``).
+
+    Raises:
+        FileNotFoundError: Naming every place looked in.
+    """
+    candidates = [Path(path)]
+    if not Path(path).is_absolute():
+        candidates += [DEEPSPEED_CONFIG_DIR.parents[1] / path, DEEPSPEED_CONFIG_DIR / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"DeepSpeed config {path!r} not found (looked in: {', '.join(map(str, candidates))})")
+
+
 def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bool = True) -> DPOConfig:
     """Translate the trial's dataclasses into TRL's ``DPOConfig``.
 
@@ -121,7 +142,7 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         seed=train.seed,
         data_seed=train.seed,
         activation_checkpointing=train.gradient_checkpointing,
-        deepspeed=train.deepspeed,
+        deepspeed=str(resolve_deepspeed_config(train.deepspeed)) if train.deepspeed else None,
         beta=loss.beta_kl,
         loss_type=[spec.trl_loss_type or "sigmoid"],
         discopop_tau=loss.tau,
