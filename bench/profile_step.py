@@ -19,8 +19,8 @@ After ``--warmup`` optimizer steps the profiler records ``--steps`` steps and sp
 * ``data``: the dataloader's ``__next__`` (collation and padding);
 * ``other``: the rest of the step's wall time (transformers' Trainer loop, callbacks, logging, Python).
 
-It also counts host syncs per step (``aten::_local_scalar_dense``: every ``.item()`` / ``.tolist()`` / tensor
-truth test) and lists the operators with the most self time. With CUDA, device time is recorded too and the table
+It also counts host syncs per step by phase (``aten::_local_scalar_dense``: every ``.item()`` or tensor truth
+test) and lists the operators with the most self time. With CUDA, device time is recorded too and the table
 adds each phase's CUDA time.
 """
 
@@ -56,6 +56,19 @@ def _phase(name: str) -> str | None:
     if name.startswith("enumerate(DataLoader)"):
         return "data"
     return None
+
+
+def _host_syncs_by_phase(events, steps: int) -> dict[str, float]:
+    """Host syncs per step, by the phase of the innermost enclosing labelled event (``other`` when none)."""
+    counts: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.name != HOST_SYNC_OP:
+            continue
+        parent, phase = event.cpu_parent, None
+        while parent is not None and phase is None:
+            phase, parent = _phase(parent.name), parent.cpu_parent
+        counts[phase or "other"] += 1 / steps
+    return dict(sorted(counts.items()))
 
 
 def _profiler_callback(warmup: int, steps: int, trace: Path | None):
@@ -118,10 +131,8 @@ def profile_trial(args: argparse.Namespace) -> dict[str, object]:
     cuda = torch.cuda.is_available()
     cpu_ms: dict[str, float] = defaultdict(float)
     cuda_ms: dict[str, float] = defaultdict(float)
-    syncs = 0
+    syncs = _host_syncs_by_phase(callback.profiler.events(), args.steps)
     for event in callback.profiler.key_averages():
-        if event.key == HOST_SYNC_OP:
-            syncs += event.count
         phase = _phase(event.key)
         if phase is not None:
             cpu_ms[phase] += event.cpu_time_total / 1e3 / args.steps
@@ -141,7 +152,7 @@ def profile_trial(args: argparse.Namespace) -> dict[str, object]:
         "step_walls_ms": [round(1e3 * w, 2) for w in step_walls],
         "phases_cpu_ms": phases,
         "phases_cuda_ms": {name: round(cuda_ms[name], 2) for name in PHASES} if cuda else None,
-        "host_syncs_per_step": syncs / args.steps,
+        "host_syncs_per_step": syncs,
         "top_ops_self_cpu_ms": {e.key: round(e.self_cpu_time_total / 1e3 / args.steps, 2) for e in top},
         "reference_pass_s": round(reference_s, 2),
         "torch_threads": torch.get_num_threads(),
@@ -166,7 +177,8 @@ def print_table(result: dict[str, object]) -> None:
             line += f"{cuda.get(name, float('nan')):>10.1f}"
         print(line)
     print(f"{'step (wall)':<16}{wall:>10.1f}{100.0:>7.1f}%")
-    print(f"host syncs per step: {result['host_syncs_per_step']:g}")
+    syncs = result["host_syncs_per_step"]
+    print(f"host syncs per step: {sum(syncs.values()):g} ({', '.join(f'{k} {v:g}' for k, v in syncs.items())})")
     print(f"reference pass (once per sweep, not in the step): {result['reference_pass_s']:.1f} s")
     print("\ntop operators by self CPU time (ms/step):")
     for name, ms in result["top_ops_self_cpu_ms"].items():

@@ -14,21 +14,22 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import ray.train
 import ray.tune
-import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from evaluation.config import EvalConfig
-from evaluation.mt_bench import write_answers
 from sweep.stoppers import EVAL_REPORT, FINAL_REPORT, REPORT_TYPE, STEP, TRAIN_REPORT
 from trainers.config import LossConfig, TrainConfig
-from trainers.reference import ReferenceLogps
-from trainers.train import HELD_OUT_ACCURACY, run_trial
+
+if TYPE_CHECKING:
+    from evaluation.config import EvalConfig
+
+# transformers, TRL, datasets and the evaluation stack are imported where they are used: this module is also
+# imported by each trial's Tune actor and Train controller, which only wait on the workers, and importing them there
+# would add seconds to every trial's start on a CPU-bound node.
 
 CONTROLLER_RETRIES = 3
 """Attempts of a trial's Train controller to start its worker group before the trial fails."""
@@ -55,6 +56,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         config: ``{"train": TrainConfig fields, "loss": LossConfig fields, "reference": ReferenceLogps fields or
             None}``.
     """
+    import datasets
+
+    from trainers.reference import ReferenceLogps
+    from trainers.train import HELD_OUT_ACCURACY, run_trial
+
     os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
     datasets.disable_progress_bars()
     train = TrainConfig(**config["train"])
@@ -113,6 +119,9 @@ def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, o
 
     Runs on a trial's resources (the GPU a 7B policy needs); judging happens in the driver.
     """
+    import torch
+
+    from evaluation.mt_bench import write_answers
     from trainers.models import load_model, load_tokenizer
     from trainers.train import PRECISION_DTYPES
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from sweep.config import (
     load_sweep_config,
     shipped_configs,
 )
+from tests.procs import run
 from trainers.losses import LOSSES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,20 +36,11 @@ CLI_TIMEOUT_S = 300
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python sweep/run.py ARGS`` as a user would, from ``cwd``, in its own process group.
 
-    On a timeout the whole group is killed, so a sweep that wrongly started Ray leaves no Ray processes behind.
+    On a timeout the whole group is killed, and whatever it started is ended, so a sweep that wrongly started Ray
+    leaves no Ray processes behind.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, str(RUN_SCRIPT), *args]
-    with subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"{' '.join(command)} still running after {CLI_TIMEOUT_S} s:\n{stdout[-2000:]}{stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return run([sys.executable, str(RUN_SCRIPT), *args], cwd=cwd, env=env, timeout=CLI_TIMEOUT_S, linger_s=0)
 
 
 def assert_no_cluster_work(proc: subprocess.CompletedProcess[str], cwd: Path) -> None:
