@@ -15,8 +15,10 @@ Two sweeps of the same grid (``python sweep/run.py --config smoke --no-mlflow`` 
 
 The full grid's verdicts are then recomputed offline from its complete step history with the *same* divergence
 rules the early sweep used (:class:`trainers.collapse.DivergenceMonitor`), which is what the full grid would
-conclude. Compared: per-trial and per-cell verdicts (a cell is diverged when any of its seeds diverged), the best
-cell (max mean ``eval_accuracy`` among stable cells), and trial-steps (sum of ``steps`` in ``map/trials.csv``) as a
+conclude. Compared: per-trial verdicts (a pruned trial has none), per-cell verdicts as the stability map gives them
+(``diverged`` when any seed diverged, ``stable`` when a seed completed and none diverged, ``undetermined`` when every
+seed was pruned; undetermined cells are counted, not compared), the best cell (max mean ``eval_accuracy`` among
+stable cells), and trial-steps (sum of ``steps`` in ``map/trials.csv``) as a
 fraction of the full grid's nominal ``n_trials x max_steps``.
 """
 
@@ -78,23 +80,33 @@ def _recomputed_verdicts(storage: Path, name: str, config: DivergenceConfig) -> 
 
 
 def _cells(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: diverged (any seed), collapse rate and mean held-out accuracy of its stable seeds."""
-    trials = trials.assign(beta_mix=trials["beta_mix"].fillna(-1.0))
+    """Per cell, as the stability map judges it (:func:`sweep.stability.aggregate_cells`): ``diverged`` when any
+    seed diverged, ``stable`` when some seed trained to the end and none diverged, ``undetermined`` when every seed
+    was pruned (a pruned trial has no verdict); plus the mean held-out accuracy of the non-diverged seeds."""
+    trials = trials.assign(
+        beta_mix=trials["beta_mix"].fillna(-1.0),
+        judged=trials["diverged"] | (trials["status"] == "completed"),
+    )
     grouped = trials.groupby(CELL, sort=True)
-    return pd.DataFrame(
+    cells = pd.DataFrame(
         {
-            "diverged": grouped["diverged"].any(),
-            "collapse_rate": grouped["diverged"].mean(),
+            "n_diverged": grouped["diverged"].sum(),
+            "n_verdict": grouped["judged"].sum(),
             "eval_accuracy": grouped.apply(
                 lambda g: g.loc[~g["diverged"], "eval_accuracy"].mean(), include_groups=False
             ),
             "steps": grouped["steps"].sum(),
         }
     ).reset_index()
+    cells["verdict"] = [
+        "diverged" if n_div else ("stable" if n_verdict else "undetermined")
+        for n_div, n_verdict in zip(cells["n_diverged"], cells["n_verdict"], strict=True)
+    ]
+    return cells
 
 
 def _best(cells: pd.DataFrame) -> list[object] | None:
-    stable = cells[~cells["diverged"] & cells["eval_accuracy"].notna()]
+    stable = cells[(cells["verdict"] == "stable") & cells["eval_accuracy"].notna()]
     if stable.empty:
         return None
     best = stable.loc[stable["eval_accuracy"].idxmax()]
@@ -163,14 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         }
     key = ["loss", "beta_kl", "seed"]
     per_trial = runs["early"]["trials"].merge(runs["full"]["trials"], on=key, suffixes=("_early", "_full"))
-    same_trial_verdicts = bool((per_trial["diverged_early"] == per_trial["diverged_full"]).all())
+    # A pruned trial has no verdict of its own; the others are compared with the full grid's.
+    judged = per_trial[per_trial["status_early"] != "pruned"]
+    same_trial_verdicts = bool((judged["diverged_early"] == judged["diverged_full"]).all())
     merged = cells["early"].merge(cells["full"], on=CELL, suffixes=("_early", "_full"))
-    same_cell_verdicts = bool((merged["diverged_early"] == merged["diverged_full"]).all())
+    determined = merged[merged["verdict_early"] != "undetermined"]
+    same_cell_verdicts = bool((determined["verdict_early"] == determined["verdict_full"]).all())
+    undetermined = int((merged["verdict_early"] == "undetermined").sum())
     same_best = report["early"]["best_cell"] == report["full"]["best_cell"]
     fraction = report["early"]["trial_steps"] / nominal
     report.update(
         same_trial_verdicts=same_trial_verdicts,
         same_cell_verdicts=same_cell_verdicts,
+        undetermined_cells_early=undetermined,
         same_best_cell=same_best,
         early_fraction_of_full=fraction,
         grid=common,
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{row['loss']} {row['beta_kl']:g}" + ("" if row["beta_mix"] < 0 else f" {row['beta_mix']:g}")
         cells_text = []
         for side in ("early", "full"):
-            verdict = "diverged" if row[f"diverged_{side}"] else "stable"
+            verdict = row[f"verdict_{side}"]
             acc = row[f"eval_accuracy_{side}"]
             acc_text = "-" if isinstance(acc, float) and math.isnan(acc) else f"{acc:.3f}"
             cells_text.append(f"{verdict:>15} {acc_text:>6} {int(row[f'steps_{side}']):>6}")
@@ -199,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(nominal full grid {nominal}) = {fraction:.0%} of the full grid"
     )
     print(
-        f"same per-trial verdicts: {same_trial_verdicts}; same per-cell verdicts: {same_cell_verdicts}; "
+        f"same verdicts: per trial (pruned ones have none) {same_trial_verdicts}, per cell {same_cell_verdicts} "
+        f"({undetermined} cells undetermined early); "
         f"best cell early {report['early']['best_cell']} vs full {report['full']['best_cell']}: {same_best}"
     )
     print(f"load average: early {runs['early']['load_average']}, full {runs['full']['load_average']}")

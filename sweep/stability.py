@@ -7,12 +7,14 @@ often each cell collapses, and draws the result as heatmaps over the ``beta_kl x
 Collapse here means the trial *diverged* (non-finite loss or gradients, gradient-norm explosion, ...), the
 training instability the sweep maps for DiscoPOP / LRML (Lu et al., 2024, "Discovering Preference
 Optimization Algorithms with and for Large Language Models") and its decoupled variant dLRML, whose mixing
-temperature ``beta_mix`` is a second axis next to the KL strength ``beta_kl``. A trial that ASHA
-(Li et al., 2020, "A System for Massively Parallel Hyperparameter Tuning") pruned was judged *weak*, not
-unstable, so it counts as a non-collapsed verdict; an errored trial (crash, lost worker) carries no verdict
-at all and is left out of the denominator:
+temperature ``beta_mix`` is a second axis next to the KL strength ``beta_kl``. Only a trial that trained to
+the end (completed) or diverged carries a stability verdict. A trial that ASHA (Li et al., 2020, "A System for
+Massively Parallel Hyperparameter Tuning") pruned was judged *weak* at a rung and stopped: it did not diverge
+*yet*, which says nothing about the steps it never ran (``bench/early_stopping.py`` found cells whose trials ASHA
+pruned at step 2 and which diverged later in the full grid). Pruned and errored (crash, lost worker) trials are
+therefore left out of the denominator:
 
-    collapse_rate = n_diverged / (n_completed + n_pruned + n_diverged)
+    collapse_rate = n_diverged / (n_completed + n_diverged)
 
 Figures are drawn with matplotlib's Agg canvas directly (no ``pyplot``), so importing this module never
 changes the process-wide backend and drawing is safe inside a headless driver.
@@ -232,8 +234,8 @@ def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> p
 
     Per cell:
 
-    * ``collapse_rate = n_diverged / n_verdict`` with ``n_verdict = n_completed + n_pruned + n_diverged``;
-      errored trials carry no verdict and pruned trials count as not collapsed. NaN when every trial errored.
+    * ``collapse_rate = n_diverged / n_verdict`` with ``n_verdict = n_completed + n_diverged``; pruned and
+      errored trials carry no verdict. NaN when no trial has one (e.g. every seed was pruned).
     * ``median_steps_to_divergence`` over diverged trials: their ``diverged_step``, or ``steps`` (where the
       trainer stopped) for a diverged trial that did not record the step. NaN without diverged trials.
     * ``eval_accuracy_mean`` / ``eval_accuracy_median`` over completed and pruned trials (held-out preference
@@ -262,7 +264,7 @@ def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> p
     for (loss, beta_kl, beta_mix), group in frame.groupby(list(CELL_KEYS), dropna=False, sort=True):
         status = group["status"]
         counts = {s: int((status == s).sum()) for s in STATUSES}
-        n_verdict = counts["completed"] + counts["pruned"] + counts["diverged"]
+        n_verdict = counts["completed"] + counts["diverged"]
         collapse_rate = counts["diverged"] / n_verdict if n_verdict else math.nan
 
         diverged = group[status == "diverged"]
@@ -488,7 +490,7 @@ def _panels(cells: pd.DataFrame) -> dict[str, _Panel]:
         "collapse": _Panel(
             "collapse_rate",
             "collapse rate",
-            "diverged / (completed + pruned + diverged)",
+            "diverged / (completed + diverged)",
             _COLLAPSE_CMAP,
             0.0,
             1.0,

@@ -48,7 +48,7 @@ def _sweep_frame() -> pd.DataFrame:
     """Five cells over three losses; the expectations below are computed by hand from these rows.
 
     * dlrml (0.1, 0.05): completed 0.60, diverged @40, completed 0.70 -> collapse 1/3, div step 40, acc 0.65.
-    * dlrml (0.1, 0.5): completed 0.62, pruned 0.55, errored -> collapse 0/2, acc mean = median = 0.585.
+    * dlrml (0.1, 0.5): completed 0.62, pruned 0.55, errored -> collapse 0/1, acc mean = median = 0.585.
     * dpo (0.1, NaN): completed 0.60 (MT 6.0), completed 0.64, diverged @100, diverged @300
       -> collapse 2/4, div step median 200, acc 0.62, MT-Bench 6.0 from one scored trial.
     * dpo (0.5, NaN): errored, errored -> no verdict, never stable.
@@ -106,14 +106,32 @@ def test_collapse_rate_across_seeds(cells):
     assert _cell(cells, "dpo", 0.1, NAN)["collapse_rate"] == pytest.approx(0.5)
 
 
-def test_errored_excluded_and_pruned_not_collapsed(cells):
+def test_errored_and_pruned_carry_no_verdict(cells):
     cell = _cell(cells, "dlrml", 0.1, 0.5)
-    assert (cell["n_trials"], cell["n_errored"], cell["n_pruned"], cell["n_verdict"]) == (3, 1, 1, 2)
+    assert (cell["n_trials"], cell["n_errored"], cell["n_pruned"], cell["n_verdict"]) == (3, 1, 1, 1)
     assert cell["collapse_rate"] == 0.0
     assert bool(cell["stable"]) is True
     # Pruned accuracy counts, errored has none: mean and median of (0.62, 0.55).
     assert cell["eval_accuracy_mean"] == pytest.approx(0.585)
     assert cell["eval_accuracy_median"] == pytest.approx(0.585)
+
+
+def test_a_cell_whose_trials_were_all_pruned_is_not_called_stable():
+    """ASHA stopped both seeds at step 2 without a divergence; they might diverge at step 3 (the early-stopping
+    benchmark saw exactly that), so the cell has no verdict rather than a collapse rate of 0."""
+    frame = pd.DataFrame(
+        [
+            _trial("p0", "dpo", 50.0, NAN, 0, "pruned", acc=0.40, steps=2),
+            _trial("p1", "dpo", 50.0, NAN, 1, "pruned", acc=0.45, steps=2),
+            _trial("q0", "dpo", 500.0, NAN, 0, "pruned", acc=0.25, steps=2),
+            _trial("q1", "dpo", 500.0, NAN, 1, "diverged", step=2, steps=2),
+        ]
+    )
+    pruned_only, mixed = (_cell(aggregate_cells(frame), "dpo", beta, NAN) for beta in (50.0, 500.0))
+    assert (pruned_only["n_pruned"], pruned_only["n_verdict"]) == (2, 0)
+    assert math.isnan(pruned_only["collapse_rate"]) and not pruned_only["stable"]
+    assert pruned_only["eval_accuracy_mean"] == pytest.approx(0.425)  # what ASHA ranked them on is still shown
+    assert (mixed["n_verdict"], mixed["collapse_rate"], bool(mixed["stable"])) == (1, 1.0, False)
 
 
 def test_errored_only_cell_has_no_verdict_and_is_not_stable():

@@ -242,8 +242,13 @@ def test_stable_cells_complete_or_are_pruned_consistently(divergent_sweep):
             assert row.steps < MAX_STEPS and str(row.reason).startswith("asha")
         assert 0.0 <= row.eval_accuracy <= 1.0
     assert (stable["status"] == "completed").any()
-    cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == STABLE_BETA]
-    assert list(cells["collapse_rate"]) == [0.0] * len(LOSSES)
+    cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == STABLE_BETA].set_index("loss")
+    for row in stable.itertuples():  # one seed per cell: a completed trial is a 0/1 collapse, a pruned one no verdict
+        cell = cells.loc[row.loss]
+        if row.status == "completed":
+            assert (cell["collapse_rate"], cell["n_verdict"], bool(cell["stable"])) == (0.0, 1, True)
+        else:
+            assert math.isnan(cell["collapse_rate"]) and cell["n_verdict"] == 0 and not cell["stable"]
 
 
 def test_stability_map_is_written(divergent_sweep):
