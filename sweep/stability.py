@@ -335,7 +335,8 @@ def format_cells_table(cells: pd.DataFrame) -> str:
 
     Returns:
         The table, one line per cell under a header; ``collapse`` shows ``rate (diverged/verdicts)`` and
-        ``stable`` a ``yes``/``no``. Missing numbers print as ``-``.
+        ``stable`` a ``yes``/``no``, or ``?`` for a cell without any verdict (every trial pruned or errored).
+        Missing numbers print as ``-``.
 
     Raises:
         ValueError: If ``cells`` lacks any of :data:`CELL_COLUMNS`.
@@ -372,7 +373,7 @@ def format_cells_table(cells: pd.DataFrame) -> str:
             _fmt(row.eval_accuracy_mean, ".3f"),
             _fmt(row.eval_accuracy_median, ".3f"),
             _fmt(row.mt_bench_mean, ".2f"),
-            "yes" if row.stable else "no",
+            "yes" if row.stable else ("no" if row.n_verdict else "?"),
         )
         for row in cells.itertuples(index=False)
     ]

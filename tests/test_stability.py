@@ -251,6 +251,7 @@ def test_format_cells_table(cells):
     errored_only = lines[5].split()
     assert errored_only[:3] == ["dpo", "0.5", "none"]
     assert "- (0/0)" in lines[5]
+    assert lines[5].endswith("?")  # no verdict: neither stable nor unstable
     assert format_cells_table(cells.iloc[:0]) == "(no cells)"
     with pytest.raises(ValueError, match="collapse_rate"):
         format_cells_table(cells.drop(columns=["collapse_rate"]))
