@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script (python bench/trial_vs_trl.py): make the project importable
     sys.path.insert(0, str(ROOT))
@@ -207,10 +209,6 @@ def _spawn(args: argparse.Namespace, role: str, extra: list[str]) -> tuple[dict[
         return json.loads(result_file.read_text()), usage.ru_maxrss * 1024  # Linux reports KiB
 
 
-def _load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/trial_vs_trl.py",
@@ -246,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         reference, _ = _spawn(args, "reference", ["--reference-root", reference_root])
         reference_s = time.perf_counter() - started
-        print(f"shared reference log-probs computed once in {reference_s:.1f} s (load {_load_average()})", flush=True)
+        print(f"shared reference log-probs computed once in {reference_s:.1f} s (load {load_average()})", flush=True)
         for repeat in range(args.repeats):
             for side in SIDES:
                 extra = ["--reference", json.dumps(reference)] if side == "project" else []
                 result, peak_rss = _spawn(args, side, extra)
-                result.update(repeat=repeat, peak_rss_bytes=peak_rss, load_average=_load_average())
+                result.update(repeat=repeat, peak_rss_bytes=peak_rss, load_average=load_average())
                 runs[side].append(result)
                 print(
                     f"[{side} #{repeat}] {result['steps_per_s']:.3f} steps/s, peak RSS {peak_rss / 2**20:.0f} MiB, "

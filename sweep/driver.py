@@ -206,16 +206,22 @@ class SweepDriver:
         fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
         return min(fit, resources.max_concurrent_trials or fit)
 
+    def _on_worker_resources(self, fn):
+        """``fn`` as a Ray task on one trial worker's resources (its GPU included), retried like a trial."""
+        import ray
+
+        resources = self.config.resources
+        return ray.remote(
+            num_cpus=resources.cpus_per_worker,
+            num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
+            max_retries=resources.max_failures,
+        )(fn)
+
     def _shared_reference(self) -> ReferenceLogps:
         """Compute (or reuse) the sweep's reference log-probs as a Ray task on one trial worker's resources."""
         import ray
 
-        resources = self.config.resources
-        task = ray.remote(
-            num_cpus=resources.cpus_per_worker,
-            num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
-            max_retries=resources.max_failures,
-        )(compute_reference_logps)
+        task = self._on_worker_resources(compute_reference_logps)
         started = time.monotonic()
         reference = ray.get(task.remote(self.config.train, self.data, str(Path(self.storage_path) / "reference")))
         print(
@@ -364,12 +370,7 @@ class SweepDriver:
             return trials
         if policy.policy == "top_k":
             completed = completed.sort_values("eval_accuracy", ascending=False, kind="stable").head(policy.top_k)
-        resources = self.config.resources
-        task = ray.remote(
-            num_cpus=resources.cpus_per_worker,
-            num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
-            max_retries=resources.max_failures,
-        )(generate_mt_bench_answers)
+        task = self._on_worker_resources(generate_mt_bench_answers)
         for index, row in completed.iterrows():
             trial_dir = trial_output_dir(self.storage_path, self.config.name, row["trial_id"])
             model_dir = trial_dir / "model"

@@ -391,3 +391,16 @@ def test_nan_beta_in_a_config_file_is_refused_by_the_cli(tmp_path):
     assert proc.returncode == 2
     assert "grid.beta_kl must contain finite numbers > 0, got nan" in proc.stderr
     assert_no_cluster_work(proc, tmp_path)
+
+
+def test_trial_module_leaves_the_ml_stack_to_the_worker(tmp_path):
+    """Each trial's Tune actor and Train controller import ``sweep.trial``; importing transformers, TRL or datasets
+    there would cost every trial seconds of start-up. Only the worker function may import them."""
+    probe = (
+        "import sys; import sweep.trial; "
+        "print(sorted(m for m in ('transformers', 'trl', 'datasets', 'evaluation.mt_bench') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = run([sys.executable, "-c", probe], cwd=tmp_path, env=env, timeout=CLI_TIMEOUT_S, linger_s=0)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

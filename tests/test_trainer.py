@@ -23,7 +23,7 @@ from trainers.data import PreferenceData, load_preference_data
 from trainers.losses import DISCOPOP_TAU, LOSSES, get_loss, lrml_is_genuinely_divergent
 from trainers.models import load_model, load_tokenizer
 from trainers.train import HELD_OUT_ACCURACY, build_dpo_config, main, run_trial
-from trainers.trainer import RegistryDPOTrainer
+from trainers.trainer import PROFILE_RANGES, RegistryDPOTrainer
 
 CROSS_CHECK_PAIRS = 4
 """Preference pairs in the one batch both trainers score."""
@@ -48,12 +48,7 @@ TRL_LOGGED_METRICS = (
 COLLAPSE_METRICS = (
     "loss",
     "grad_norm",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
+    *TRL_LOGGED_METRICS,
     "kl/ref",
     "logps/chosen_drift",
     "nan_inf/loss",
@@ -523,3 +518,13 @@ def test_real_embedded_model_trains_two_stable_steps(embedded_model_dir, tmp_pat
             assert math.isfinite(record[key]), (record["step"], key, record[key])
         assert record["logps/chosen"] < 0 and record["logps/rejected"] < 0
     assert 0 <= result.held_out_accuracy <= 1
+
+
+def test_step_phases_are_labelled_in_a_profiler_trace(tiny_model_dir, tmp_path, trial_data):
+    """The ranges ``bench/profile_step.py`` splits a step into appear once per training step in any trace."""
+    train = _trial_config(tiny_model_dir, tmp_path, max_steps=2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run_trial(train, LossConfig("dlrml", beta_kl=0.1, beta_mix=0.2), data=trial_data)
+    counts = {event.key: event.count for event in profiler.key_averages() if event.key in PROFILE_RANGES}
+    # 2 training steps, then the held-out evaluation at the end: 4 pairs in batches of 2, no gradient to clip.
+    assert counts == {"dlrml/forward": 4, "dlrml/loss": 4, "dlrml/metrics": 4, "dlrml/clip_grad_norm": 2}
