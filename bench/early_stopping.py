@@ -37,8 +37,8 @@ from _common import ROOT, load_average, run_logged, sweep_command, trials_table,
 sys.path.insert(0, str(ROOT))  # run as a script (python bench/early_stopping.py): make the project importable
 
 from trainers.collapse import DivergenceConfig, DivergenceMonitor  # noqa: E402
+from trainers.protocol import ReportKey, ReportType, TrialStatus  # noqa: E402
 
-TRAIN_REPORT = 0  # sweep.stoppers.TRAIN_REPORT: the ``report/type`` of a training-step report
 CELL = ["loss", "beta_kl", "beta_mix"]
 NEVER = {"grace_steps": 10**6, "grad_norm_factor": 1e30, "loss_explosion_factor": 1e30}
 """Divergence thresholds that never fire on finite values."""
@@ -67,13 +67,13 @@ def _recomputed_verdicts(storage: Path, name: str, config: DivergenceConfig) -> 
     """Per Tune trial directory: the verdict ``config`` reaches on that trial's full step history."""
     by_trial: dict[str, list[dict]] = {}
     for row in tune_results(storage, name):
-        if row.get("report/type") == TRAIN_REPORT and "step" in row:
+        if row.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN and ReportKey.STEP in row:
             by_trial.setdefault(row["_trial_dir"], []).append(row)
     verdicts = {}
     for rows in by_trial.values():
         monitor = DivergenceMonitor(config)
-        for row in sorted(rows, key=lambda r: r["step"]):
-            monitor.update(int(row["step"]), row)
+        for row in sorted(rows, key=lambda r: r[ReportKey.STEP]):
+            monitor.update(int(row[ReportKey.STEP]), row)
         verdict = monitor.final()
         verdicts[rows[0]["trial_id"]] = {"diverged": verdict.diverged, "step": verdict.step, "reason": verdict.reason}
     return verdicts
@@ -85,7 +85,7 @@ def _cells(trials: pd.DataFrame) -> pd.DataFrame:
     was pruned (a pruned trial has no verdict); plus the mean held-out accuracy of the non-diverged seeds."""
     trials = trials.assign(
         beta_mix=trials["beta_mix"].fillna(-1.0),
-        judged=trials["diverged"] | (trials["status"] == "completed"),
+        judged=trials["diverged"] | (trials["status"] == TrialStatus.COMPLETED),
     )
     grouped = trials.groupby(CELL, sort=True)
     cells = pd.DataFrame(
@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             _, wall = run_logged(sweep_command(name, storage, overrides), tmp_path / f"{name}.log")
             trials = trials_table(storage, name)
             if name == "early":
-                trials["diverged"] = trials["status"] == "diverged"
+                trials["diverged"] = trials["status"] == TrialStatus.DIVERGED
             else:
                 verdicts = _recomputed_verdicts(storage, name, divergence)
                 trials["diverged"] = [
-                    verdicts.get(t, {}).get("diverged", s == "diverged")
+                    verdicts.get(t, {}).get("diverged", s == TrialStatus.DIVERGED)
                     for t, s in zip(trials["trial_id"], trials["status"], strict=True)
                 ]
             runs[name] = {"wall_s": wall, "load_average": load_average(), "trials": trials}
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     key = ["loss", "beta_kl", "seed"]
     per_trial = runs["early"]["trials"].merge(runs["full"]["trials"], on=key, suffixes=("_early", "_full"))
     # A pruned trial has no verdict of its own; the others are compared with the full grid's.
-    judged = per_trial[per_trial["status_early"] != "pruned"]
+    judged = per_trial[per_trial["status_early"] != TrialStatus.PRUNED]
     same_trial_verdicts = bool((judged["diverged_early"] == judged["diverged_full"]).all())
     merged = cells["early"].merge(cells["full"], on=CELL, suffixes=("_early", "_full"))
     determined = merged[merged["verdict_early"] != "undetermined"]

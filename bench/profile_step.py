@@ -7,12 +7,12 @@ Usage::
     python bench/profile_step.py --gradient-checkpointing       # the same step with activation checkpointing
     python bench/profile_step.py --trace trace.json             # also write a Chrome / Perfetto trace
 
-The trial runs exactly as in a sweep (:func:`trainers.train.run_trial` with reference log-probs precomputed once,
+The trial runs exactly as in a sweep (:func:`trainers.trial_runner.run_trial` with reference log-probs precomputed once,
 here in the same process before the clock starts), on the pairs, batch and max length of ``bench/trial_vs_trl.py``.
 After ``--warmup`` optimizer steps the profiler records ``--steps`` steps and splits their wall time into phases:
 
-* ``forward``, ``loss``, ``metrics``, ``clip_grad_norm``: the ranges :class:`trainers.trainer.RegistryDPOTrainer`
-  labels (``trainers.trainer.PROFILE_RANGES``): the concatenated chosen/rejected forward with TRL's fused LM head,
+* ``forward``, ``loss``, ``metrics``, ``clip_grad_norm``: the ranges :class:`trainers.trl_trainer.RegistryDPOTrainer`
+  labels (``trainers.trl_trainer.PROFILE_RANGES``): the concatenated chosen/rejected forward with TRL's fused LM head,
   the registry loss, the collapse statistics (one host sync), and the pre-clip norm with its non-finite count;
 * ``backward``: autograd's engine (``autograd::engine::evaluate_function: ...`` events);
 * ``optimizer``: ``Optimizer.step`` and ``Optimizer.zero_grad``;
@@ -45,7 +45,7 @@ HOST_SYNC_OP = "aten::_local_scalar_dense"
 
 def _phase(name: str) -> str | None:
     """The phase a profiler event's name belongs to, or ``None`` for an event inside a phase / not one."""
-    from trainers.trainer import PROFILE_RANGES
+    from trainers.trl_trainer import PROFILE_RANGES
 
     if name in PROFILE_RANGES:
         return name.split("/", 1)[1]
@@ -106,7 +106,7 @@ def profile_trial(args: argparse.Namespace) -> dict[str, object]:
 
     from trainers.config import LossConfig
     from trainers.reference import compute_reference_logps
-    from trainers.train import load_trial_data, run_trial
+    from trainers.trial_runner import load_trial_data, run_trial
 
     output_dir = tempfile.mkdtemp(prefix="bench-profile-")
     train = dataclasses.replace(

@@ -27,9 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import load_average, run_logged, sweep_command, trials_table, tune_results
+from _common import ROOT, load_average, run_logged, sweep_command, trials_table, tune_results
 
-TRAIN_REPORT = 0  # sweep.stoppers.TRAIN_REPORT: the ``report/type`` of a training-step report
+sys.path.insert(0, str(ROOT))  # run as a script (python bench/sweep_overhead.py): make the project importable
+
+from trainers.protocol import ReportKey, ReportType  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = load_average()
         launched, sweep_wall = run_logged(sweep_command("overhead", storage, overrides), tmp_path / "sweep.log")
         load_sweep = load_average()
-        reports = [r for r in tune_results(storage, "overhead") if r.get("report/type") == TRAIN_REPORT]
+        reports = [r for r in tune_results(storage, "overhead") if r.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN]
         if not reports:
             raise RuntimeError(f"no training-step report in {storage / 'overhead'}")
         first_step_s = min(r["timestamp"] for r in reports) - launched

@@ -8,7 +8,7 @@ Usage::
 Both sides train the same model on the same pairs (the first 64 of the embedded verifiable pairs), with 4 pairs per
 optimizer step and a max length of 128 tokens, in fp32 on the same hardware:
 
-* ``project``: :func:`trainers.train.run_trial` with the sweep's shared reference log-probs precomputed once (by
+* ``project``: :func:`trainers.trial_runner.run_trial` with the sweep's shared reference log-probs precomputed once (by
   :func:`trainers.reference.compute_reference_logps`, in its own process before any measurement) and no gradient
   checkpointing, exactly as a sweep trial runs.
 * ``trl``: a plain TRL 1.16 script, ``DPOTrainer(model=<checkpoint dir>, args=DPOConfig(...))`` with TRL's
@@ -110,7 +110,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     from trainers.config import LossConfig
     from trainers.models import load_tokenizer, resolve_model_path
     from trainers.reference import ReferenceLogps, compute_reference_logps
-    from trainers.train import load_trial_data, run_trial
+    from trainers.trial_runner import load_trial_data, run_trial
 
     train = bench_train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)
     data = load_trial_data(train)

@@ -6,25 +6,24 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sweep.config import SweepConfig, to_dict
+from sweep.mt_bench_scoring import score_mt_bench
+from sweep.ray_cluster import init_ray, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
-from sweep.stoppers import REPORT_TYPE, TRAIN_REPORT
-from trainers.collapse import DivergenceMonitor
+from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
+from trainers.dpo_config import resolve_deepspeed_config
 from trainers.models import resolve_model_path
+from trainers.protocol import ReportKey, TrialStatus
 from trainers.reference import ReferenceLogps, compute_reference_logps
-from trainers.train import load_trial_data, resolve_deepspeed_config
-
-STATUS_COMPLETED, STATUS_PRUNED, STATUS_DIVERGED, STATUS_ERRORED = "completed", "pruned", "diverged", "errored"
-
+from trainers.trial_runner import load_trial_data
 
 CONFIG_FILE = "sweep_config.json"
 """The sweep's config, stored in its experiment directory: rerunning the same config resumes the sweep."""
@@ -38,13 +37,6 @@ TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 class SweepInputError(ValueError):
     """An input (model, data, resources) cannot work; raised before any trial starts."""
-
-
-def trial_label(trial: dict[str, Any]) -> str:
-    """Human-readable trial name, e.g. ``dlrml bkl=0.05 bmix=0.2 seed=0``."""
-    loss = trial["loss"]
-    mix = f" bmix={loss['beta_mix']:g}" if loss.get("beta_mix") is not None else ""
-    return f"{loss['name']} bkl={loss['beta_kl']:g}{mix} seed={trial['seed']}"
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,12 +71,20 @@ class SweepOutcome:
     tracking_uri: str | None
     parent_run_id: str | None
     mlflow_pending: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def n_trials(self) -> int:
         """Number of trials in the sweep."""
         return len(self.trials)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sweep produced no usable map (every trial errored), or ``None`` when it did."""
+        if self.trials.empty:
+            return "the sweep ran no trials"
+        if (self.trials["status"] == TrialStatus.ERRORED).all():
+            return f"all {self.n_trials} trials errored (see the reason column of trials.csv and the trial logs)"
+        return None
 
     def describe(self) -> str:
         """The closing summary printed by ``sweep/run.py``."""
@@ -102,7 +102,6 @@ class SweepOutcome:
                     f"WARNING: {self.mlflow_pending} MLflow calls could not be delivered; rerun with --resume once "
                     "the tracking server is back to log them (results are kept in Ray Tune's experiment state)"
                 )
-        lines.extend(self.notes)
         return "\n".join(lines)
 
 
@@ -206,22 +205,11 @@ class SweepDriver:
         fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
         return min(fit, resources.max_concurrent_trials or fit)
 
-    def _on_worker_resources(self, fn):
-        """``fn`` as a Ray task on one trial worker's resources (its GPU included), retried like a trial."""
-        import ray
-
-        resources = self.config.resources
-        return ray.remote(
-            num_cpus=resources.cpus_per_worker,
-            num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
-            max_retries=resources.max_failures,
-        )(fn)
-
     def _shared_reference(self) -> ReferenceLogps:
         """Compute (or reuse) the sweep's reference log-probs as a Ray task on one trial worker's resources."""
         import ray
 
-        task = self._on_worker_resources(compute_reference_logps)
+        task = on_worker_resources(compute_reference_logps, self.config.resources)
         started = time.monotonic()
         reference = ray.get(task.remote(self.config.train, self.data, str(Path(self.storage_path) / "reference")))
         print(
@@ -232,11 +220,6 @@ class SweepDriver:
     def run(self) -> SweepOutcome:
         """Run (or resume) the sweep and write the stability map."""
         import ray
-        from ray import tune
-
-        from sweep.stoppers import STEP, DivergenceStopper, FiniteASHAScheduler
-        from sweep.tracking import MLflowTracker, flatten
-        from sweep.trial import tune_trial
 
         config = self.config
         if self.data is None:
@@ -246,100 +229,22 @@ class SweepDriver:
         # Ray Train's print patch defeats dill's stdout capture (behind datasets' fingerprinting), which then
         # floods the driver log with bytecode listings. Inherited by a local Ray instance's workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        _init_ray(self.address)
+        init_ray(self.address)
         concurrency = self._max_concurrent(ray.cluster_resources())
         experiment_dir = Path(self.storage_path) / config.name
-        grid = self.grid()
         print(
-            f"[sweep] {config.name}: {len(grid)} trials, {self.total_steps()} steps each, "
+            f"[sweep] {config.name}: {len(self.grid())} trials, {self.total_steps()} steps each, "
             f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
         )
-
         reference = self._shared_reference() if config.share_reference else None
-
-        tracker, mlflow_pending = None, 0
-        if config.mlflow.enabled:
-            tracker = MLflowTracker(
-                tracking_uri=config.mlflow.resolved_uri(),
-                experiment=config.mlflow.experiment,
-                sweep_name=config.name,
-                sweep_params=flatten(to_dict(config)),
-                trial_params=trial_params,
-                trial_name=lambda c: trial_label(c["trial"]),
-                spool_path=experiment_dir / MLFLOW_SPOOL,
-            )
-            tracker.start()
-
-        scheduler = None
-        if config.scheduler.asha:
-            scheduler = FiniteASHAScheduler(
-                time_attr=STEP,
-                metric=config.scheduler.metric,
-                mode="max",
-                max_t=self.total_steps() + 1,
-                final_step=self.total_steps(),
-                grace_period=config.scheduler.grace_period,
-                reduction_factor=config.scheduler.reduction_factor,
-                stop_last_trials=False,
-            )
-        # The Tune trial only waits on its TorchTrainer, whose workers hold the CPUs/GPUs on their own placement
-        # group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
-        trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
-        param_space = {
-            "trial": tune.grid_search(grid),
-            "train": dataclasses.asdict(config.train),
-            "resources": dataclasses.asdict(config.resources),
-            "storage_path": self.storage_path,
-            "experiment": config.name,
-            "reference": dataclasses.asdict(reference) if reference else None,
-        }
-        run_config = tune.RunConfig(
-            name=config.name,
-            storage_path=self.storage_path,
-            stop=DivergenceStopper(config.train.divergence),
-            callbacks=[tracker] if tracker else [],
-            failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
-            verbose=1,
-        )
-        if tune.Tuner.can_restore(str(experiment_dir)):
-            if not self.resume:
-                raise SweepInputError(
-                    f"a sweep named {config.name!r} already exists in {experiment_dir}; pass --resume to continue "
-                    "it, or --name to start a new one"
-                )
-            print(f"[sweep] resuming {config.name} from {experiment_dir}")
-            tuner = tune.Tuner.restore(
-                str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency),
-                run_config=run_config,
-            )
+        tracker = self._start_tracker(experiment_dir)
+        tuner = self._tuner(experiment_dir, concurrency, reference, tracker)
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-        results = tuner.fit()
-        trials = self.collect(results)
-        trials = self.score_mt_bench(trials, tracker)
+        trials = self.collect(tuner.fit())
+        trials = score_mt_bench(trials, self.config, self.storage_path, tracker)
         stability = write_stability_map(trials, config.map_dir())
-        if tracker is not None:
-            for _, row in trials.iterrows():
-                keys = (
-                    "reason",
-                    "steps",
-                    "attempts",
-                    "diverged_step",
-                    "eval_accuracy",
-                    "mt_bench_score",
-                    "mt_bench_reason",
-                )
-                summary = {k: row[k] for k in keys if k in row}
-                tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
-            tracker.log_artifacts(stability.files)
-            tracker.log_parent_metrics(_cell_metrics(stability.cells))
-            mlflow_pending = tracker.close()
+        mlflow_pending = self._finish_tracker(tracker, trials, stability) if tracker is not None else 0
         return SweepOutcome(
             stability_map=stability,
             trials=trials.drop(columns=["config"]),
@@ -348,137 +253,120 @@ class SweepDriver:
             mlflow_pending=mlflow_pending,
         )
 
-    def score_mt_bench(self, trials: pd.DataFrame, tracker) -> pd.DataFrame:
-        """MT-Bench the trials the policy selects; every other trial gets the reason it has no score.
+    def _start_tracker(self, experiment_dir: Path):
+        """The MLflow callback with its parent run started, or ``None`` with MLflow off."""
+        from sweep.tracking import MLflowTracker, flatten
 
-        Answers are generated by a Ray task on one trial worker's resources; judging runs here, in the driver.
-        """
-        import ray
+        config = self.config
+        if not config.mlflow.enabled:
+            return None
+        tracker = MLflowTracker(
+            tracking_uri=config.mlflow.resolved_uri(),
+            experiment=config.mlflow.experiment,
+            sweep_name=config.name,
+            sweep_params=flatten(to_dict(config)),
+            trial_params=trial_params,
+            trial_name=lambda c: trial_label(c["trial"]),
+            spool_path=experiment_dir / MLFLOW_SPOOL,
+        )
+        tracker.start()
+        return tracker
 
-        from evaluation.mt_bench import score_answers
-        from sweep.trial import generate_mt_bench_answers, trial_output_dir
+    def _scheduler(self):
+        """ASHA on the held-out metric (never pruning at the final step), or ``None`` when it is off."""
+        from sweep.stoppers import FiniteASHAScheduler
 
-        policy = self.config.mt_bench
-        trials = trials.copy()
-        trials["mt_bench_score"] = math.nan
-        trials["mt_bench_reason"] = [
-            status if status != STATUS_COMPLETED else f"not selected (mt_bench.policy={policy.policy})"
-            for status in trials["status"]
-        ]
-        completed = trials[trials["status"] == STATUS_COMPLETED]
-        if policy.policy == "none" or completed.empty:
-            return trials
-        if policy.policy == "top_k":
-            completed = completed.sort_values("eval_accuracy", ascending=False, kind="stable").head(policy.top_k)
-        task = self._on_worker_resources(generate_mt_bench_answers)
-        for index, row in completed.iterrows():
-            trial_dir = trial_output_dir(self.storage_path, self.config.name, row["trial_id"])
-            model_dir = trial_dir / "model"
-            if not model_dir.is_dir():
-                trials.loc[index, "mt_bench_reason"] = "no saved policy (train.save_model=false)"
-                continue
-            out_dir = trial_dir / "mt_bench"
-            model_id = row["trial_id"]
-            print(f"[sweep] MT-Bench: {trial_label(row['config']['trial'])}")
-            answers = ray.get(
-                task.remote(str(model_dir), self.config.train.precision, policy.eval, str(out_dir), model_id)
-            )
-            result = score_answers(Path(answers), policy.eval, out_dir, model_id)
-            trials.loc[index, "mt_bench_score"] = result.overall
-            trials.loc[index, "mt_bench_reason"] = None if math.isfinite(result.overall) else "no valid judgment"
-            print(f"[sweep] MT-Bench {model_id}: {result.overall:.2f} ({result.n_invalid} invalid judgments)")
-            if tracker is not None:
-                tracker.log_trial_metrics(model_id, row["config"], result.as_metrics())
-                tracker.log_trial_artifacts(
-                    model_id, row["config"], [result.answers_path, result.judgments_path], "mt_bench"
+        scheduler = self.config.scheduler
+        if not scheduler.asha:
+            return None
+        return FiniteASHAScheduler(
+            time_attr=ReportKey.STEP.value,
+            metric=scheduler.metric,
+            mode="max",
+            max_t=self.total_steps() + 1,
+            final_step=self.total_steps(),
+            grace_period=scheduler.grace_period,
+            reduction_factor=scheduler.reduction_factor,
+            stop_last_trials=False,
+        )
+
+    def _tuner(self, experiment_dir: Path, concurrency: int | None, reference: ReferenceLogps | None, tracker):
+        """A new Tuner over the grid, or the restored one of a sweep being resumed."""
+        from ray import tune
+
+        from sweep.ray_trial import tune_trial
+        from sweep.stoppers import DivergenceStopper
+
+        config = self.config
+        # The Tune trial only waits on its TorchTrainer, whose workers hold the CPUs/GPUs on their own placement
+        # group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
+        trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+        param_space = {
+            "trial": tune.grid_search(self.grid()),
+            "train": dataclasses.asdict(config.train),
+            "resources": dataclasses.asdict(config.resources),
+            "storage_path": self.storage_path,
+            "experiment": config.name,
+            "reference": dataclasses.asdict(reference) if reference else None,
+        }
+        if tune.Tuner.can_restore(str(experiment_dir)):
+            if not self.resume:
+                raise SweepInputError(
+                    f"a sweep named {config.name!r} already exists in {experiment_dir}; pass --resume to continue "
+                    "it, or --name to start a new one"
                 )
-        return trials
+            print(f"[sweep] resuming {config.name} from {experiment_dir}")
+            return tune.Tuner.restore(
+                str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
+            )
+        run_config = tune.RunConfig(
+            name=config.name,
+            storage_path=self.storage_path,
+            stop=DivergenceStopper(config.train.divergence),
+            callbacks=[tracker] if tracker else [],
+            failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
+            verbose=1,
+        )
+        return tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(scheduler=self._scheduler(), max_concurrent_trials=concurrency),
+            run_config=run_config,
+        )
+
+    @staticmethod
+    def _finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap) -> int:
+        """End every trial's MLflow run with its status, log the map; returns the MLflow calls left undelivered."""
+        keys = ("reason", "steps", "attempts", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
+        for _, row in trials.iterrows():
+            summary = {k: row[k] for k in keys if k in row}
+            tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
+        tracker.log_artifacts(stability.files)
+        tracker.log_parent_metrics(_cell_metrics(stability.cells))
+        return tracker.close()
 
     def collect(self, results) -> pd.DataFrame:
-        """One row per trial with its final status, from Tune's results (also after a resume).
-
-        The verdict is recomputed from the trial's reported history with the same monitor the trial and the
-        stopper use, so it does not depend on driver memory that a restart would lose.
-        """
-        from sweep.trial import trial_attempts, trial_output_dir
+        """One row per trial with its final status, from Tune's results (also after a resume); see
+        :func:`sweep.trial_rows.trial_row`."""
+        from sweep.ray_trial import trial_attempts, trial_output_dir
 
         rows = []
         for result in results:
-            config = result.config
-            trial, loss = config["trial"], config["trial"]["loss"]
-            history = result.metrics_dataframe
             metrics = result.metrics or {}
-            monitor = DivergenceMonitor(self.config.train.divergence)
-            if history is not None and "step" in history:
-                train_steps = history[history[REPORT_TYPE] == TRAIN_REPORT] if REPORT_TYPE in history else history
-                for record in train_steps.sort_values("step", kind="stable").to_dict("records"):
-                    monitor.update(int(record["step"]), record)
-            verdict = monitor.final()
-            steps = int(metrics.get("step", 0) or 0)
-            if result.error is not None:
-                status, reason = STATUS_ERRORED, _first_line(result.error)
-            elif verdict.diverged:
-                kind = f" ({verdict.kind})" if verdict.kind else ""
-                status, reason = STATUS_DIVERGED, f"{verdict.reason}{kind}"
-            elif metrics.get("final"):
-                status, reason = STATUS_COMPLETED, None
-            else:
-                status, reason = STATUS_PRUNED, f"asha at step {steps}"
             trial_id = metrics.get("trial_id") or Path(result.path).name
+            attempts = trial_attempts(trial_output_dir(self.storage_path, self.config.name, trial_id))
             rows.append(
-                {
-                    "trial_id": trial_id,
-                    "loss": loss["name"],
-                    "beta_kl": loss["beta_kl"],
-                    "beta_mix": loss["beta_mix"] if loss["beta_mix"] is not None else math.nan,
-                    "seed": trial["seed"],
-                    "status": status,
-                    "reason": reason,
-                    "diverged_step": verdict.step if verdict.diverged else math.nan,
-                    "steps": steps,
-                    "attempts": trial_attempts(trial_output_dir(self.storage_path, self.config.name, trial_id)),
-                    "eval_accuracy": _last(history, "eval_rewards/accuracies"),
-                    "config": config,
-                }
+                trial_row(
+                    result.config,
+                    result.metrics_dataframe,
+                    metrics,
+                    result.error,
+                    trial_id=trial_id,
+                    divergence=self.config.train.divergence,
+                    attempts=attempts,
+                )
             )
         return pd.DataFrame(rows)
-
-
-def _init_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (else ``RAY_ADDRESS`` or the one ``ray start`` recorded), or start one.
-
-    A local instance gets a GCS port chosen here, and every worker is told its address through ``RAY_ADDRESS``:
-    Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails as soon as another Ray
-    instance runs on the machine; it then never frees the placement group of a trial that Tune stopped (pruned or
-    diverged), and later trials wait forever for those CPUs.
-    """
-    import ray
-    from ray._private.services import canonicalize_bootstrap_address
-
-    if ray.is_initialized() or canonicalize_bootstrap_address(address) is not None:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-        return
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node when it starts its GCS
-    try:
-        gcs_address = f"{ray.util.get_node_ip_address()}:{port}"
-        ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
-    finally:
-        del os.environ["RAY_GCS_SERVER_PORT"]
-
-
-def _last(history: pd.DataFrame | None, column: str) -> float:
-    if history is None or column not in history:
-        return math.nan
-    values = history[column].dropna()
-    return float(values.iloc[-1]) if len(values) else math.nan
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]
 
 
 def _clean(summary: dict[str, Any]) -> dict[str, Any]:

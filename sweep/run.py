@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,13 @@ if __package__ in (None, ""):  # run as a script (python sweep/run.py): make the
 from sweep.config import ConfigError, SweepConfig, fields_help, load_sweep_config, shipped_configs  # noqa: E402
 
 logger = logging.getLogger("sweep")
+
+EXIT_OK = 0
+"""The sweep produced its stability map (some trials may have diverged, been pruned or errored)."""
+EXIT_INCOMPLETE = 1
+"""The sweep ran but produced no usable map: every trial errored, or its results could not be written."""
+EXIT_BAD_INPUT = 2
+"""A config value, CLI flag, model, data row or resource request was rejected before any cluster work."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,13 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         driver.validate_inputs()
         if args.dry_run:
             driver.print_plan()
-            return 0
+            return EXIT_OK
         outcome = driver.run()
     except SweepInputError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        # The map or the MLflow spool could not be written: Tune's experiment state keeps the trials' results.
+        print(f"error: the sweep's results could not be written: {err}; rerun with --resume", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(outcome.describe())
-    return 0 if not math.isnan(outcome.n_trials) else 1
+    if outcome.failure:
+        print(f"error: {outcome.failure}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -17,13 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.stopper import Stopper
 
 from trainers.collapse import DivergenceConfig, DivergenceMonitor, Verdict
-
-STEP = "step"
-"""The result key counting optimizer steps (the time attribute of ASHA and the stopper)."""
-
-REPORT_TYPE = "report/type"
-"""Result key telling a training step's report (0) from a held-out evaluation's (1) and the final one (2)."""
-TRAIN_REPORT, EVAL_REPORT, FINAL_REPORT = 0, 1, 2
+from trainers.protocol import ReportKey, ReportType
 
 
 class DivergenceStopper(Stopper):
@@ -40,8 +34,8 @@ class DivergenceStopper(Stopper):
     def __call__(self, trial_id: str, result: Mapping[str, object]) -> bool:
         """Feed one result; ``True`` stops the trial (Ray's ``Stopper`` protocol)."""
         monitor = self._monitors.setdefault(trial_id, DivergenceMonitor(self.config))
-        step = result.get(STEP)
-        if step is None or result.get(REPORT_TYPE, TRAIN_REPORT) != TRAIN_REPORT:
+        step = result.get(ReportKey.STEP)
+        if step is None or result.get(ReportKey.REPORT_TYPE, ReportType.TRAIN) != ReportType.TRAIN:
             return False
         verdict = monitor.update(int(step), result)
         return verdict is not None and verdict.diverged

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import types
 import urllib.error
 import urllib.request
@@ -36,7 +37,6 @@ from pathlib import Path
 import click
 import dockerfile
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet

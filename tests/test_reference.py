@@ -13,7 +13,7 @@ from trainers.config import LossConfig, TrainConfig
 from trainers.data import load_preference_data
 from trainers.models import save_tiny_model
 from trainers.reference import attach_reference_logps, compute_reference_logps, reference_key
-from trainers.train import run_trial
+from trainers.trial_runner import run_trial
 
 TIMING_KEYS = ("runtime", "per_second")
 

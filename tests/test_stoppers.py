@@ -12,22 +12,17 @@ import types
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sweep.stoppers import (
-    EVAL_REPORT,
-    FINAL_REPORT,
-    REPORT_TYPE,
-    STEP,
-    TRAIN_REPORT,
-    DivergenceStopper,
-    FiniteASHAScheduler,
-)
+from sweep.stoppers import DivergenceStopper, FiniteASHAScheduler
 from trainers.collapse import DivergenceConfig
+from trainers.protocol import HELD_OUT_ACCURACY as ACCURACY
+from trainers.protocol import ReportKey, ReportType
 
-ACCURACY = "eval_rewards/accuracies"
+STEP, REPORT_TYPE = ReportKey.STEP.value, ReportKey.REPORT_TYPE.value
+TRAIN_REPORT, EVAL_REPORT, FINAL_REPORT = (int(kind) for kind in ReportType)
 
 
 def train_report(step: int, loss: float = 0.69, grad_norm: float = 1.0, **extra: float) -> dict[str, float]:
-    """A training step's report as :func:`sweep.trial.train_fn_per_worker` sends it."""
+    """A training step's report as :func:`sweep.ray_trial.train_fn_per_worker` sends it."""
     return {STEP: step, REPORT_TYPE: TRAIN_REPORT, "loss": loss, "grad_norm": grad_norm, **extra}
 
 

@@ -34,8 +34,8 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from sweep.ray_trial import WORKERS_LOG
 from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
-from sweep.trial import WORKERS_LOG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
 
@@ -198,6 +198,7 @@ def expected_grid() -> set[tuple[str, float, int]]:
 
 def test_sweep_prints_its_summary(divergent_sweep):
     out = divergent_sweep.proc.stdout
+    assert f"[sweep] {SWEEP_NAME}: {N_TRIALS} trials, {MAX_STEPS} steps each" in out
     assert f"trials: {N_TRIALS} (" in out
     assert f"stability map: {divergent_sweep.map_dir}" in out
     assert f"MLflow: {divergent_sweep.mlflow.url}" in out
@@ -421,7 +422,9 @@ def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_clu
     assert "resources.autoscale" in error
     output = proc.stdout + proc.stderr
     assert RAY_STARTED not in output  # it joined the cluster at --address
-    assert "Trial status" not in output and "[sweep] started" not in output
+    # The driver announces the trials it schedules ("[sweep] smoke: 2 trials, ...", as in
+    # test_sweep_prints_its_summary) only after the resource check.
+    assert "Trial status" not in output and "[sweep] smoke:" not in output
     assert not (results / "smoke").exists()
 
 

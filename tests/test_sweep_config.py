@@ -95,7 +95,7 @@ def test_seed_config_is_the_seed_experiment():
 
 
 def test_deepspeed_config_is_found_from_any_working_directory(tmp_path, monkeypatch):
-    from trainers.train import DEEPSPEED_CONFIG_DIR, resolve_deepspeed_config
+    from trainers.dpo_config import DEEPSPEED_CONFIG_DIR, resolve_deepspeed_config
 
     shipped = DEEPSPEED_CONFIG_DIR / "zero3_bf16.json"
     monkeypatch.chdir(tmp_path)  # not the repository root: the seed config's relative path must still resolve
@@ -394,10 +394,10 @@ def test_nan_beta_in_a_config_file_is_refused_by_the_cli(tmp_path):
 
 
 def test_trial_module_leaves_the_ml_stack_to_the_worker(tmp_path):
-    """Each trial's Tune actor and Train controller import ``sweep.trial``; importing transformers, TRL or datasets
+    """Each trial's Tune actor and Train controller import ``sweep.ray_trial``; importing transformers, TRL or datasets
     there would cost every trial seconds of start-up. Only the worker function may import them."""
     probe = (
-        "import sys; import sweep.trial; "
+        "import sys; import sweep.ray_trial; "
         "print(sorted(m for m in ('transformers', 'trl', 'datasets', 'evaluation.mt_bench') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}

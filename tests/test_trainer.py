@@ -20,10 +20,13 @@ from trl import DPOConfig, DPOTrainer
 from trainers.collapse import REASONS, Verdict
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData, load_preference_data
+from trainers.dpo_config import build_dpo_config
 from trainers.losses import DISCOPOP_TAU, LOSSES, get_loss, lrml_is_genuinely_divergent
 from trainers.models import load_model, load_tokenizer
-from trainers.train import HELD_OUT_ACCURACY, build_dpo_config, main, run_trial
-from trainers.trainer import PROFILE_RANGES, RegistryDPOTrainer
+from trainers.protocol import HELD_OUT_ACCURACY
+from trainers.train import main
+from trainers.trial_runner import run_trial
+from trainers.trl_trainer import PROFILE_RANGES, RegistryDPOTrainer
 
 CROSS_CHECK_PAIRS = 4
 """Preference pairs in the one batch both trainers score."""
@@ -398,12 +401,14 @@ def test_absurd_learning_rate_with_unbounded_dlrml_diverges(tiny_model_dir, tmp_
     assert verdict.reason in REASONS
     assert verdict.step < train.max_steps
     last = _assert_stopped_at(result, verdict.step)
+    # beta_kl > beta_mix / tau: the loss itself is unbounded, so a non-finite value is the true (float64) value
+    # leaving the training dtype's range, never an artefact of evaluation order.
     if verdict.reason == "non_finite_loss":
         assert not math.isfinite(last["loss"]) or last["nan_inf/loss"] > 0
-        assert verdict.kind in ("numerical", "genuine")
+        assert verdict.kind == "genuine"
     elif verdict.reason == "non_finite_grad":
         assert not math.isfinite(last["grad_norm"]) or last["nan_inf/grad"] > 0
-        assert verdict.kind in ("numerical", "genuine")
+        assert verdict.kind == "genuine"
     else:
         assert verdict.kind is None
     assert verdict.describe().startswith(f"diverged at step {verdict.step}: {verdict.reason}")

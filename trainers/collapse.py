@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from trainers.losses import LossSpec
+from trainers.losses import LossSpec, compute_loss
 
 REASONS = ("non_finite_loss", "non_finite_grad", "grad_norm_explosion", "loss_explosion")
 
@@ -202,9 +202,8 @@ def classify_non_finite(
         return "genuine"
     pi_c.requires_grad_(check_grad)
     pi_r.requires_grad_(check_grad)
-    kwargs = {**spec.defaults, **{k: float(v) for k, v in hparams.items() if k in spec.params}}
     with torch.enable_grad():
-        losses = spec.fn(pi_c, pi_r, ref_c, ref_r, **kwargs).losses
+        losses = compute_loss(spec.name, pi_c, pi_r, ref_c, ref_r, **{k: float(v) for k, v in hparams.items()}).losses
         if not representable(losses):
             return "genuine"
         if check_grad:

@@ -26,12 +26,13 @@ without bound and the loss itself is infinite: a *genuine* divergence, reported 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from trainers.protocol import Metric
 
 DISCOPOP_TAU = 0.05
 """Temperature of the LRML mixing sigmoid (Lu et al. 2024, Sec. 5; TRL's ``discopop_tau`` default)."""
@@ -212,7 +213,6 @@ class LossSpec:
         name: Registry key (the ``--loss`` value).
         fn: The pure loss function.
         params: Hyper-parameters ``fn`` takes as keywords, e.g. ``("beta_kl", "beta_mix", "tau")``.
-        needs_reference: Whether the loss reads reference log-probs (all DPO-family losses do).
         logp_reduction: ``"sum"`` (sequence log-prob) or ``"mean"`` (per-token mean, IPO).
         learnable: Hyper-parameters trained with the policy (kept positive via a log parameterisation).
         trl_loss_type: TRL ``DPOConfig.loss_type`` this loss reproduces (for cross-checks), if any.
@@ -222,7 +222,6 @@ class LossSpec:
     name: str
     fn: Callable[..., LossOutput]
     params: tuple[str, ...]
-    needs_reference: bool = True
     logp_reduction: str = "sum"
     learnable: tuple[str, ...] = ()
     trl_loss_type: str | None = None
@@ -309,19 +308,14 @@ def compute_loss(
     return spec.fn(pi_c, pi_r, ref_c, ref_r, **kwargs)
 
 
-def mix_statistics(mix: torch.Tensor) -> dict[str, float]:
-    """Mean of the LRML mixing coefficient and the fraction of saturated entries.
+def mix_statistics(mix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean of the LRML mixing coefficient and the fraction of saturated entries, as 0-d tensors (no host sync).
 
     Args:
         mix: Mixing coefficients ``m``, shape ``(B,)``.
 
     Returns:
-        ``{"mix/mean": ..., "mix/saturated_frac": ...}``.
+        ``{"mix/mean": ..., "mix/saturated_frac": ...}``, each of shape ``()``.
     """
     saturated = (mix < MIX_SATURATION_EPS) | (mix > 1.0 - MIX_SATURATION_EPS)
-    return {"mix/mean": mix.float().mean().item(), "mix/saturated_frac": saturated.float().mean().item()}
-
-
-def log_beta_init(value: float) -> float:
-    """Initial value of the log-parameter of a learnable positive hyper-parameter."""
-    return math.log(value)
+    return {Metric.MIX_MEAN: mix.float().mean(), Metric.MIX_SATURATED_FRAC: saturated.float().mean()}

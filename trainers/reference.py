@@ -22,8 +22,9 @@ import datasets
 
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData
-from trainers.models import resolve_model_path
-from trainers.trainer import REF_COLUMNS
+from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
+from trainers.models import load_model, load_tokenizer, resolve_model_path
+from trainers.trl_trainer import REF_COLUMNS, RegistryDPOTrainer
 
 ROW_COLUMN = "__row"
 _KEY_VERSION = "dlrml-reference-v1"
@@ -137,10 +138,6 @@ def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str 
 
 
 def _compute_into(train: TrainConfig, data: PreferenceData, out_dir: Path) -> None:
-    from trainers.models import load_model, load_tokenizer
-    from trainers.train import PRECISION_DTYPES, build_dpo_config
-    from trainers.trainer import RegistryDPOTrainer
-
     config = build_dpo_config(
         # One process, no DeepSpeed: the reference forward of a single model needs no sharding across trials.
         TrainConfig(

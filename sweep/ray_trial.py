@@ -21,8 +21,8 @@ import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from sweep.stoppers import EVAL_REPORT, FINAL_REPORT, REPORT_TYPE, STEP, TRAIN_REPORT
 from trainers.config import LossConfig, TrainConfig
+from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType
 
 if TYPE_CHECKING:
     from evaluation.config import EvalConfig
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 CONTROLLER_RETRIES = 3
 """Attempts of a trial's Train controller to start its worker group before the trial fails."""
-
-FINAL = "final"
-"""Result key set to 1 on a trial's last report, which carries its verdict."""
 
 WORKERS_LOG = "workers.jsonl"
 """In a trial's output dir: one line per worker process that started the trial (rank, pid, node, time).
@@ -59,7 +56,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import datasets
 
     from trainers.reference import ReferenceLogps
-    from trainers.train import HELD_OUT_ACCURACY, run_trial
+    from trainers.trial_runner import run_trial
 
     os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
     datasets.disable_progress_bars()
@@ -71,10 +68,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     def report(step: int, metrics: dict[str, float]) -> None:
         values = _scalar_metrics(metrics)
         if HELD_OUT_ACCURACY in values:
-            ray.train.report({**values, STEP: step, REPORT_TYPE: EVAL_REPORT})
-        elif "loss" in values:
+            ray.train.report(_report(values, step, ReportType.EVAL))
+        elif Metric.LOSS in values:
             latest.update(values)
-            ray.train.report({**values, STEP: step, REPORT_TYPE: TRAIN_REPORT})
+            ray.train.report(_report(values, step, ReportType.TRAIN))
 
     reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
     result = run_trial(train, loss, reference=reference, on_metrics=report)
@@ -83,13 +80,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         **latest,
         **_scalar_metrics(result.train_metrics),
         **_scalar_metrics(result.eval_metrics),
-        STEP: result.steps,
-        REPORT_TYPE: FINAL_REPORT,
-        FINAL: 1,
+        ReportKey.FINAL.value: 1,
         "verdict/diverged": float(verdict.diverged),
         "verdict/step": float(verdict.step) if verdict.step is not None else math.nan,
     }
-    ray.train.report(final)
+    ray.train.report(_report(final, result.steps, ReportType.FINAL))
+
+
+def _report(values: dict[str, float], step: int, kind: ReportType) -> dict[str, float]:
+    """A report to Tune: the values plus its step and type, keyed by plain strings (Tune's results are pickled)."""
+    return {**values, ReportKey.STEP.value: step, ReportKey.REPORT_TYPE.value: int(kind)}
 
 
 def _log_worker(output_dir: Path, rank: int) -> None:
@@ -122,8 +122,8 @@ def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, o
     import torch
 
     from evaluation.mt_bench import write_answers
+    from trainers.dpo_config import PRECISION_DTYPES
     from trainers.models import load_model, load_tokenizer
-    from trainers.train import PRECISION_DTYPES
 
     model = load_model(model_dir, dtype=PRECISION_DTYPES[precision])
     if torch.cuda.is_available():

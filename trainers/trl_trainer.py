@@ -23,7 +23,8 @@ from trl import DPOTrainer
 
 from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
 from trainers.config import LossConfig
-from trainers.losses import MIX_SATURATION_EPS, get_loss
+from trainers.losses import compute_loss, get_loss, mix_statistics
+from trainers.protocol import Metric
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_grad_norm")
@@ -98,7 +99,7 @@ class RegistryDPOTrainer(DPOTrainer):
             pi_c, pi_r = loss_logps.chunk(2)
             ref_c, ref_r = loss_ref_logps.chunk(2)
             hparams = self.loss_hparams()
-            out = self.loss_spec.fn(pi_c, pi_r, ref_c, ref_r, **hparams)
+            out = compute_loss(self.loss_spec.name, pi_c, pi_r, ref_c, ref_r, **hparams)
             loss = out.losses.mean()
         self._last_logps = tuple(t.detach() for t in (pi_c, pi_r, ref_c, ref_r))
         with record_function(PROFILE_RANGES[2]):
@@ -128,32 +129,30 @@ class RegistryDPOTrainer(DPOTrainer):
         chosen_rewards, rejected_rewards = beta_kl * (pi_c - ref_c), beta_kl * (pi_r - ref_r)
         margins = chosen_rewards - rejected_rewards
         stats = {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/margins": margins.mean(),
-            "rewards/accuracies": (margins > 0).float().mean(),
-            "logps/chosen": pi_c.mean(),
-            "logps/rejected": pi_r.mean(),
+            Metric.REWARDS_CHOSEN: chosen_rewards.mean(),
+            Metric.REWARDS_REJECTED: rejected_rewards.mean(),
+            Metric.REWARDS_MARGINS: margins.mean(),
+            Metric.REWARDS_ACCURACIES: (margins > 0).float().mean(),
+            Metric.LOGPS_CHOSEN: pi_c.mean(),
+            Metric.LOGPS_REJECTED: pi_r.mean(),
             # Sequence log-ratio to the reference over both completions: a cheap proxy of KL(pi || ref).
-            "kl/ref": (logps - ref_logps).mean(),
+            Metric.KL_REF: (logps - ref_logps).mean(),
             # The reference is the initial policy, so this is the drift of chosen log-probs since the start.
-            "logps/chosen_drift": (pi_c - ref_c).mean(),
-            "nan_inf/loss": (~torch.isfinite(losses)).sum().float(),
+            Metric.LOGPS_CHOSEN_DRIFT: (pi_c - ref_c).mean(),
+            Metric.NAN_INF_LOSS: (~torch.isfinite(losses)).sum().float(),
         }
         if out.mix is not None:
-            mix = gather(out.mix)
-            saturated = (mix < MIX_SATURATION_EPS) | (mix > 1.0 - MIX_SATURATION_EPS)
-            stats["mix/mean"] = mix.mean()
-            stats["mix/saturated_frac"] = saturated.float().mean()
+            stats.update(mix_statistics(gather(out.mix.detach())))
         if self.log_beta_mix is not None:
-            stats["beta_mix/value"] = hparams["beta_mix"].detach()
+            stats[Metric.BETA_MIX_VALUE] = hparams["beta_mix"].detach()
         values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
-        record = dict(zip(stats, values, strict=True))
-        if record["nan_inf/loss"] > 0:
+        # Plain-string keys: TRL's metric buffer and the logs it feeds to callbacks are keyed by str.
+        record = dict(zip(map(str, stats), values, strict=True))
+        if record[Metric.NAN_INF_LOSS] > 0:
             kind = classify_non_finite(
                 self.loss_spec, hparams, self._last_logps, check_grad=False, dtype=out.losses.dtype
             )
-            record["nan_inf/genuine"] = float(kind == "genuine")
+            record[Metric.NAN_INF_GENUINE] = float(kind == "genuine")
         for key, value in record.items():
             self._metrics[mode][key].append(value)
 
@@ -178,8 +177,8 @@ class RegistryDPOTrainer(DPOTrainer):
             non_finite = float(sum((~torch.isfinite(g)).sum().item() for g in grads)) if bad_params.any() else 0.0
             if self.args.max_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, self.args.max_grad_norm, norm)
-        self._metrics["train"]["nan_inf/grad"].append(non_finite)
-        if non_finite and self._last_logps is not None and not self._metrics["train"].get("nan_inf/genuine"):
+        self._metrics["train"][Metric.NAN_INF_GRAD.value].append(non_finite)
+        if non_finite and self._last_logps is not None and not self._metrics["train"].get(Metric.NAN_INF_GENUINE.value):
             kind = classify_non_finite(
                 self.loss_spec,
                 self.loss_hparams(),
@@ -187,7 +186,7 @@ class RegistryDPOTrainer(DPOTrainer):
                 check_grad=True,
                 dtype=self._last_logps[0].dtype,
             )
-            self._metrics["train"]["nan_inf/genuine"].append(float(kind == "genuine"))
+            self._metrics["train"][Metric.NAN_INF_GENUINE.value].append(float(kind == "genuine"))
         return norm
 
     def _get_grad_norm(self, model, grad_norm=None):

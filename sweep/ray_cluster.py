@@ -1,0 +1,45 @@
+"""Joining or starting the Ray cluster a sweep runs on, and Ray tasks sized like one trial worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+from sweep.config import ResourcesConfig
+
+
+def on_worker_resources(fn: Callable, resources: ResourcesConfig):
+    """``fn`` as a Ray task on one trial worker's resources (its GPU included), retried like a trial."""
+    import ray
+
+    return ray.remote(
+        num_cpus=resources.cpus_per_worker,
+        num_gpus=resources.gpus_per_worker if resources.use_gpu else 0,
+        max_retries=resources.max_failures,
+    )(fn)
+
+
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (else ``RAY_ADDRESS`` or the one ``ray start`` recorded), or start one.
+
+    A local instance gets a GCS port chosen here, and every worker is told its address through ``RAY_ADDRESS``:
+    Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails as soon as another Ray
+    instance runs on the machine; it then never frees the placement group of a trial that Tune stopped (pruned or
+    diverged), and later trials wait forever for those CPUs.
+    """
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if ray.is_initialized() or canonicalize_bootstrap_address(address) is not None:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        return
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node when it starts its GCS
+    try:
+        gcs_address = f"{ray.util.get_node_ip_address()}:{port}"
+        ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]

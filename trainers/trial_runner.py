@@ -1,0 +1,159 @@
+"""One preference-optimisation trial as a library call: data, reference log-probs, TRL trainer, verdict.
+
+:func:`run_trial` is what the sweep's Ray trial and the ``python -m trainers.train`` CLI both call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from trainers.collapse import DivergenceMonitor, Verdict
+from trainers.config import LossConfig, TrainConfig
+from trainers.data import PreferenceData, load_preference_data
+from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
+from trainers.models import load_model, load_tokenizer
+from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey
+from trainers.reference import ReferenceLogps, attach_reference_logps
+from trainers.trl_trainer import CollapseCallback, RegistryDPOTrainer
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced.
+
+    Attributes:
+        verdict: ``stable`` or ``diverged`` with reason, step and kind.
+        steps: Optimizer steps taken.
+        train_metrics: The last logged training step's metrics.
+        eval_metrics: The last held-out evaluation's metrics (``eval_*`` keys), empty if none ran.
+        history: Every logged dict, in order, each with its ``step``.
+        model_dir: Where the final policy was saved, if it was.
+        data_dropped: Malformed rows dropped per reason (``on_bad_rows="drop"``).
+    """
+
+    verdict: Verdict
+    steps: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    model_dir: str | None = None
+    data_dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def held_out_accuracy(self) -> float:
+        """Final held-out preference accuracy (NaN if no evaluation ran)."""
+        return float(self.eval_metrics.get(HELD_OUT_ACCURACY, math.nan))
+
+    def summary(self) -> dict[str, object]:
+        """JSON-serialisable summary (no history)."""
+        return {
+            "verdict": self.verdict.as_dict(),
+            "steps": self.steps,
+            "train_metrics": self.train_metrics,
+            "eval_metrics": self.eval_metrics,
+            "model_dir": self.model_dir,
+            "data_dropped": self.data_dropped,
+        }
+
+
+def load_trial_data(train: TrainConfig) -> PreferenceData:
+    """Load and validate the trial's preference data (fails before any model is loaded)."""
+    return load_preference_data(
+        train.data,
+        eval_fraction=train.eval_fraction,
+        eval_source=train.eval_data,
+        max_train_rows=train.max_train_rows,
+        max_eval_rows=train.max_eval_rows,
+        seed=train.data_seed,
+        on_bad_rows=train.on_bad_rows,
+    )
+
+
+def _rows_consumed(train: TrainConfig, available: int) -> int | None:
+    """Pairs a ``max_steps`` run can consume, when fewer than ``available``; ``None`` otherwise.
+
+    Reference log-probs are precomputed for every training pair, so a short run on a large set would pay
+    for pairs it never sees: it trains on a seeded random subset of exactly the pairs it needs instead.
+    """
+    if train.max_steps < 1:
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    needed = train.max_steps * train.per_device_batch_size * train.grad_accum * world
+    return needed if needed < available else None
+
+
+def run_trial(
+    train: TrainConfig,
+    loss: LossConfig,
+    *,
+    data: PreferenceData | None = None,
+    reference: ReferenceLogps | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrialResult:
+    """Fine-tune one (loss, beta_kl, beta_mix, seed) and return its metrics and verdict.
+
+    Args:
+        train: Training configuration.
+        loss: Loss configuration.
+        data: Preloaded preference data (else loaded from ``train.data``).
+        reference: Shared reference log-probs of exactly these pairs (a sweep computes them once); without them
+            the trial runs TRL's reference precompute itself.
+        on_metrics: Called with ``(step, metrics)`` for every logged dict (train steps and evaluations).
+        callbacks: Extra transformers callbacks (e.g. checkpoint reporting in a sweep).
+
+    Returns:
+        The :class:`TrialResult`. A diverged trial returns normally with ``verdict.status == "diverged"``.
+    """
+    data = data if data is not None else load_trial_data(train)
+    if reference is not None:
+        train_dataset, eval_dataset = attach_reference_logps(data, reference)
+    else:
+        train_dataset, eval_dataset = data.train, data.eval
+    train_rows = _rows_consumed(train, len(train_dataset))
+    if train_rows:
+        train_dataset = train_dataset.shuffle(seed=train.seed).select(range(train_rows))
+    tokenizer = load_tokenizer(train.model)
+    model = load_model(train.model, dtype=PRECISION_DTYPES[train.precision])
+    collapse = CollapseCallback(DivergenceMonitor(train.divergence), on_metrics=on_metrics)
+    trainer = RegistryDPOTrainer(
+        model=model,
+        args=build_dpo_config(train, loss),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=[collapse, *callbacks],
+        loss=loss,
+    )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    trainer.train()
+    verdict = collapse.verdict
+    evaluated_last_step = any(
+        HELD_OUT_ACCURACY in h and h[ReportKey.STEP] == trainer.state.global_step for h in collapse.history
+    )
+    if not verdict.diverged and not evaluated_last_step:
+        trainer.evaluate()
+    model_dir = None
+    if train.save_model and not verdict.diverged:
+        model_dir = str(Path(train.output_dir) / "model")
+        trainer.save_model(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    train_steps = [h for h in collapse.history if Metric.LOSS in h]
+    evals = [h for h in collapse.history if HELD_OUT_ACCURACY in h]
+    return TrialResult(
+        verdict=verdict,
+        steps=trainer.state.global_step,
+        train_metrics=dict(train_steps[-1]) if train_steps else {},
+        eval_metrics=dict(evals[-1]) if evals else {},
+        history=collapse.history,
+        model_dir=model_dir,
+        data_dropped=dict(data.dropped),
+    )
