@@ -1,4 +1,4 @@
-"""Tests for ``sweep.stability`` on hand-made trial frames with hand-computed expectations."""
+"""Tests for ``sweep.stability`` and its modules on hand-made trial frames with hand-computed expectations."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from sweep.stability import (
-    CELL_COLUMNS,
-    StabilityMap,
-    aggregate_cells,
-    format_beta,
-    format_cells_table,
-    validate_trials,
-    write_stability_map,
-)
+from sweep.cells_table import format_beta, format_cells_table
+from sweep.stability import StabilityMap, write_stability_map
+from sweep.stability_cells import CELL_COLUMNS, aggregate_cells, validate_trials
 
 NAN = math.nan
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
