@@ -118,7 +118,9 @@ def write_stability_map(trials: pd.DataFrame, out_dir: Path, *, stable_threshold
     each cell annotated with the rate and ``diverged/verdicts``; ``score_<loss>.png`` shows the mean
     held-out preference accuracy and, when any trial of the loss has one, the mean MT-Bench score. Losses
     without a ``beta_mix`` axis get a one-row strip over ``beta_kl``. Stable cells are outlined in blue on
-    every panel; grey cells have no value (absent from the sweep, all errored, or all diverged for scores).
+    every panel; grey cells have no value: a collapse cell without a verdict is labelled by what ended its
+    trials (``pruned``, ``err``, or ``n/a`` for a mix), a score cell without a score ``n/a``, and a point
+    absent from the sweep is left blank.
     ``stability_overview.png`` puts every loss side by side (one column each) with shared colour ranges.
 
     Args:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sweep.cells_table import format_beta
-from sweep.stability_cells import MT_BENCH_RANGE
+from sweep.stability_cells import MT_BENCH_RANGE, STATUS_COUNT_COLUMNS
 from trainers.protocol import HELD_OUT_ACCURACY, TrialStatus
 
 # Outline colour of the stable region: pure-ish blue, absent from the "Reds" and "viridis" colour maps.
@@ -34,6 +34,13 @@ _OUTLINE_COLOUR = "#0073ff"
 _MISSING_COLOUR = "#d9d9d9"
 _COLLAPSE_CMAP = "Reds"
 _SCORE_CMAP = "viridis"
+# Collapse-panel labels (overview, per-loss figure) of a cell without a verdict whose trials all ended alike.
+_NO_VERDICT_LABELS: dict[TrialStatus, tuple[str, str]] = {
+    TrialStatus.PRUNED: (TrialStatus.PRUNED.value, f"all\n{TrialStatus.PRUNED}"),
+    TrialStatus.ERRORED: ("err", f"all\n{TrialStatus.ERRORED}"),
+}
+# ... and of one whose trials ended in different ways without a verdict (some pruned, some errored).
+_MIXED_NO_VERDICT_LABELS: tuple[str, str] = ("n/a", "no\nverdict")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ class _Grid:
         for row in self.cells.itertuples(index=False):
             grid[self._row(row.beta_mix), self._col(row.beta_kl)] = float(getattr(row, column))
         return grid
+
+    def cell(self, i: int, j: int) -> pd.Series | None:
+        """The cell-frame row at grid row ``i`` (``beta_mix``) and column ``j`` (``beta_kl``).
+
+        Returns:
+            The row, or None where the sweep has no such cell.
+        """
+        beta_mix = self.cells["beta_mix"]
+        on_row = beta_mix.isna() if np.isnan(self.beta_mix[i]) else beta_mix == self.beta_mix[i]
+        match = self.cells[on_row & (self.cells["beta_kl"] == self.beta_kl[j])]
+        return match.iloc[0] if len(match) else None
 
     def stable_mask(self) -> np.ndarray:
         """True on stable cells; shape ``(n_y, n_x)``."""
@@ -187,19 +205,76 @@ def _outline_segments(mask: np.ndarray) -> list[list[tuple[float, float]]]:
     return segments
 
 
-def _annotation(panel: _Panel, grid: _Grid, i: int, j: int, value: float, detailed: bool) -> str:
-    """Text written into one heatmap cell (empty where the sweep has no such cell)."""
-    n_trials = grid.values("n_trials")[i, j]
-    if np.isnan(n_trials):
+def _no_verdict_label(cell: pd.Series, *, detailed: bool) -> str:
+    """Collapse-panel label of a cell without any verdict: what ended its trials.
+
+    Args:
+        cell: A cell-frame row with ``n_verdict == 0``.
+        detailed: Whether the label is the per-loss figure's (longer) rather than the overview's.
+
+    Returns:
+        e.g. ``"pruned"`` when ASHA stopped every trial, ``"err"`` when every trial crashed, ``"n/a"`` for a mix.
+    """
+    ended = [status for status in TrialStatus if cell[STATUS_COUNT_COLUMNS[status]] > 0]
+    labels = _MIXED_NO_VERDICT_LABELS
+    if len(ended) == 1:
+        labels = _NO_VERDICT_LABELS.get(ended[0], _MIXED_NO_VERDICT_LABELS)
+    return labels[1] if detailed else labels[0]
+
+
+def _annotation(panel: _Panel, cell: pd.Series | None, *, detailed: bool) -> str:
+    """Text written into one heatmap cell.
+
+    Args:
+        panel: What the heatmap shows.
+        cell: The cell-frame row, or None where the sweep has no such cell.
+        detailed: Whether collapse rates also show ``diverged/verdicts`` counts (per-loss figures).
+
+    Returns:
+        The formatted value; for a missing value, why it is missing (``"n/a"`` on score panels, see
+        :func:`_no_verdict_label` on the collapse panel); empty without a cell.
+    """
+    if cell is None:
         return ""
-    if panel.column == "collapse_rate":
-        if np.isnan(value):
-            return "all\nerrored" if detailed else "err"
-        if detailed:
-            diverged, verdicts = grid.values("n_diverged")[i, j], grid.values("n_verdict")[i, j]
-            return f"{value:{panel.spec}}\n{int(diverged)}/{int(verdicts)}"
-        return f"{value:{panel.spec}}"
-    return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"
+    value = float(cell[panel.column])
+    if panel.column != "collapse_rate":
+        return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"
+    if np.isnan(value):
+        return _no_verdict_label(cell, detailed=detailed)
+    if detailed:
+        failures = cell[STATUS_COUNT_COLUMNS[TrialStatus.DIVERGED]]
+        return f"{value:{panel.spec}}\n{int(failures)}/{int(cell['n_verdict'])}"
+    return f"{value:{panel.spec}}"
+
+
+def _annotations(grid: _Grid, panel: _Panel, *, detailed: bool) -> list[list[str]]:
+    """Every cell's text (see :func:`_annotation`), one list per grid row."""
+    return [
+        [_annotation(panel, grid.cell(i, j), detailed=detailed) for j in range(len(grid.beta_kl))]
+        for i in range(len(grid.beta_mix))
+    ]
+
+
+def heatmap_labels(
+    cells: pd.DataFrame, loss: str, kind: str = "collapse", *, detailed: bool = False
+) -> list[list[str]]:
+    """The texts the heatmaps write into one loss's cells.
+
+    Args:
+        cells: Output of :func:`sweep.stability_cells.aggregate_cells`.
+        loss: The loss whose grid is labelled.
+        kind: Panel kind: ``"collapse"``, ``"accuracy"`` or ``"mt_bench"``.
+        detailed: Labels of the per-loss figures (collapse rates with ``diverged/verdicts``) rather than of
+            the overview.
+
+    Returns:
+        One list per grid row (``beta_mix`` ascending, a missing ``beta_mix`` last) with one label per
+        ``beta_kl`` (ascending); ``""`` where the sweep has no such cell.
+
+    Raises:
+        KeyError: On an unknown panel kind.
+    """
+    return _annotations(_grid_for(cells, loss), _panels(cells)[kind], detailed=detailed)
 
 
 def _draw_heatmap(ax: Axes, grid: _Grid, panel: _Panel, *, detailed: bool, fontsize: float):
@@ -220,9 +295,10 @@ def _draw_heatmap(ax: Axes, grid: _Grid, panel: _Panel, *, detailed: bool, fonts
     norm = mcolors.Normalize(vmin=panel.vmin, vmax=panel.vmax)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="equal")
 
+    labels = _annotations(grid, panel, detailed=detailed)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            text = _annotation(panel, grid, i, j, values[i, j], detailed)
+            text = labels[i][j]
             if not text:
                 continue
             red, green, blue, _ = cmap(norm(values[i, j])) if np.isfinite(values[i, j]) else (0.85,) * 4
