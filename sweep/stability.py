@@ -1,10 +1,11 @@
 """Stability maps: per-cell collapse rates and scores of a finished sweep, written as tables and heatmaps.
 
-The map is built in three layers, one module each:
+The map is built in layers, one module each:
 
 * :mod:`sweep.stability_cells` validates the per-trial frame and aggregates it into ``(loss, beta_kl,
   beta_mix)`` cells with their collapse rate (diverged over trials with a verdict) and scores;
 * :mod:`sweep.cells_table` renders the cells as the terminal table the driver prints;
+* :mod:`sweep.heatmap_grid` lays each loss's cells out on the beta grid and says what each heatmap cell shows;
 * :mod:`sweep.stability_plots` draws the heatmaps.
 
 This module writes all of it into one directory (:func:`write_stability_map`) and re-exports the names the

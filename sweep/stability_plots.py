@@ -2,7 +2,8 @@
 
 Per loss, ``collapse_<loss>.png`` shows the collapse rate and ``score_<loss>.png`` the mean held-out preference
 accuracy (and the mean MT-Bench score where any trial has one); ``stability_overview.png`` puts every loss side
-by side. Stable cells are outlined in blue on every panel.
+by side. Stable cells are outlined in blue on every panel. What each panel shows, and the text in each cell,
+comes from :mod:`sweep.heatmap_grid`.
 
 Figures are drawn with matplotlib's Agg canvas directly (no ``pyplot``), so importing this module never
 changes the process-wide backend and drawing is safe inside a headless driver.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.colors as mcolors
@@ -26,155 +26,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sweep.cells_table import format_beta
-from sweep.stability_cells import MT_BENCH_RANGE, STATUS_COUNT_COLUMNS
-from trainers.protocol import HELD_OUT_ACCURACY, TrialStatus
+from sweep.heatmap_grid import Grid, Panel, cell_labels, loss_grid, panel_kinds
 
 # Outline colour of the stable region: pure-ish blue, absent from the "Reds" and "viridis" colour maps.
 _OUTLINE_COLOUR = "#0073ff"
 _MISSING_COLOUR = "#d9d9d9"
-_COLLAPSE_CMAP = "Reds"
-_SCORE_CMAP = "viridis"
-# Collapse-panel labels (overview, per-loss figure) of a cell without a verdict whose trials all ended alike.
-_NO_VERDICT_LABELS: dict[TrialStatus, tuple[str, str]] = {
-    TrialStatus.PRUNED: (TrialStatus.PRUNED.value, f"all\n{TrialStatus.PRUNED}"),
-    TrialStatus.ERRORED: ("err", f"all\n{TrialStatus.ERRORED}"),
-}
-# ... and of one whose trials ended in different ways without a verdict (some pruned, some errored).
-_MIXED_NO_VERDICT_LABELS: tuple[str, str] = ("n/a", "no\nverdict")
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """One loss's cells laid out on the ``beta_kl`` (x) by ``beta_mix`` (y) grid.
-
-    Attributes:
-        beta_kl: Column values, ascending; shape ``(n_x,)``.
-        beta_mix: Row values, ascending, a missing ``beta_mix`` last (NaN); shape ``(n_y,)``.
-        cells: The loss's rows of the cell frame.
-    """
-
-    beta_kl: np.ndarray
-    beta_mix: np.ndarray
-    cells: pd.DataFrame
-
-    def values(self, column: str) -> np.ndarray:
-        """Cell values of ``column`` on the grid, NaN where the sweep has no such cell.
-
-        Returns:
-            Array of shape ``(n_y, n_x)``.
-        """
-        grid = np.full((len(self.beta_mix), len(self.beta_kl)), np.nan)
-        for row in self.cells.itertuples(index=False):
-            grid[self._row(row.beta_mix), self._col(row.beta_kl)] = float(getattr(row, column))
-        return grid
-
-    def cell(self, i: int, j: int) -> pd.Series | None:
-        """The cell-frame row at grid row ``i`` (``beta_mix``) and column ``j`` (``beta_kl``).
-
-        Returns:
-            The row, or None where the sweep has no such cell.
-        """
-        beta_mix = self.cells["beta_mix"]
-        on_row = beta_mix.isna() if np.isnan(self.beta_mix[i]) else beta_mix == self.beta_mix[i]
-        match = self.cells[on_row & (self.cells["beta_kl"] == self.beta_kl[j])]
-        return match.iloc[0] if len(match) else None
-
-    def stable_mask(self) -> np.ndarray:
-        """True on stable cells; shape ``(n_y, n_x)``."""
-        return np.nan_to_num(self.values("stable"), nan=0.0).astype(bool)
-
-    def _row(self, beta_mix: float) -> int:
-        if pd.isna(beta_mix):
-            return int(np.flatnonzero(np.isnan(self.beta_mix))[0])
-        return int(np.flatnonzero(self.beta_mix == beta_mix)[0])
-
-    def _col(self, beta_kl: float) -> int:
-        return int(np.flatnonzero(self.beta_kl == beta_kl)[0])
-
-    @property
-    def has_mix_axis(self) -> bool:
-        """Whether any cell of the loss sets ``beta_mix``."""
-        return bool(np.isfinite(self.beta_mix).any())
-
-
-def _grid_for(cells: pd.DataFrame, loss: str) -> _Grid:
-    """Builds the grid of one loss from the cell frame."""
-    own = cells[cells["loss"] == loss]
-    beta_kl = np.sort(own["beta_kl"].unique())
-    mix = own["beta_mix"]
-    beta_mix = np.sort(mix.dropna().unique())
-    if mix.isna().any():
-        beta_mix = np.append(beta_mix, np.nan)
-    return _Grid(beta_kl=beta_kl.astype(float), beta_mix=beta_mix.astype(float), cells=own)
-
-
-def _score_range(values: pd.Series, bounds: tuple[float, float], pad: float) -> tuple[float, float]:
-    """Shared colour range over a score column, clipped to ``bounds``; padded when the data are constant."""
-    values = values.dropna()
-    if values.empty:
-        return bounds
-    low, high = float(values.min()), float(values.max())
-    if high - low < 1e-9:
-        low, high = low - pad, high + pad
-    return max(bounds[0], low), min(bounds[1], high)
-
-
-@dataclass(frozen=True)
-class _Panel:
-    """What one heatmap panel shows.
-
-    Attributes:
-        column: Cell-frame column drawn.
-        title: Panel title (the loss name is prefixed).
-        colorbar_label: Colour-bar label.
-        cmap: Colour-map name.
-        vmin: Lower end of the colour range.
-        vmax: Upper end of the colour range.
-        spec: Format spec for the cell annotations.
-    """
-
-    column: str
-    title: str
-    colorbar_label: str
-    cmap: str
-    vmin: float
-    vmax: float
-    spec: str
-
-
-def _panels(cells: pd.DataFrame) -> dict[str, _Panel]:
-    """The panel kinds with colour ranges shared by every loss of the sweep."""
-    acc_low, acc_high = _score_range(cells["eval_accuracy_mean"], (0.0, 1.0), 0.05)
-    mt_low, mt_high = _score_range(cells["mt_bench_mean"], MT_BENCH_RANGE, 0.5)
-    return {
-        "collapse": _Panel(
-            "collapse_rate",
-            "collapse rate",
-            f"{TrialStatus.DIVERGED} / ({TrialStatus.COMPLETED} + {TrialStatus.DIVERGED})",
-            _COLLAPSE_CMAP,
-            0.0,
-            1.0,
-            ".2f",
-        ),
-        "accuracy": _Panel(
-            "eval_accuracy_mean",
-            "eval preference accuracy",
-            f"mean {HELD_OUT_ACCURACY} (non-diverged)",
-            _SCORE_CMAP,
-            acc_low,
-            acc_high,
-            ".2f",
-        ),
-        "mt_bench": _Panel(
-            "mt_bench_mean",
-            "MT-Bench score",
-            "mean MT-Bench score (1-10)",
-            _SCORE_CMAP,
-            mt_low,
-            mt_high,
-            ".1f",
-        ),
-    }
 
 
 def _outline_segments(mask: np.ndarray) -> list[list[tuple[float, float]]]:
@@ -205,79 +61,7 @@ def _outline_segments(mask: np.ndarray) -> list[list[tuple[float, float]]]:
     return segments
 
 
-def _no_verdict_label(cell: pd.Series, *, detailed: bool) -> str:
-    """Collapse-panel label of a cell without any verdict: what ended its trials.
-
-    Args:
-        cell: A cell-frame row with ``n_verdict == 0``.
-        detailed: Whether the label is the per-loss figure's (longer) rather than the overview's.
-
-    Returns:
-        e.g. ``"pruned"`` when ASHA stopped every trial, ``"err"`` when every trial crashed, ``"n/a"`` for a mix.
-    """
-    ended = [status for status in TrialStatus if cell[STATUS_COUNT_COLUMNS[status]] > 0]
-    labels = _MIXED_NO_VERDICT_LABELS
-    if len(ended) == 1:
-        labels = _NO_VERDICT_LABELS.get(ended[0], _MIXED_NO_VERDICT_LABELS)
-    return labels[1] if detailed else labels[0]
-
-
-def _annotation(panel: _Panel, cell: pd.Series | None, *, detailed: bool) -> str:
-    """Text written into one heatmap cell.
-
-    Args:
-        panel: What the heatmap shows.
-        cell: The cell-frame row, or None where the sweep has no such cell.
-        detailed: Whether collapse rates also show ``diverged/verdicts`` counts (per-loss figures).
-
-    Returns:
-        The formatted value; for a missing value, why it is missing (``"n/a"`` on score panels, see
-        :func:`_no_verdict_label` on the collapse panel); empty without a cell.
-    """
-    if cell is None:
-        return ""
-    value = float(cell[panel.column])
-    if panel.column != "collapse_rate":
-        return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"
-    if np.isnan(value):
-        return _no_verdict_label(cell, detailed=detailed)
-    if detailed:
-        failures = cell[STATUS_COUNT_COLUMNS[TrialStatus.DIVERGED]]
-        return f"{value:{panel.spec}}\n{int(failures)}/{int(cell['n_verdict'])}"
-    return f"{value:{panel.spec}}"
-
-
-def _annotations(grid: _Grid, panel: _Panel, *, detailed: bool) -> list[list[str]]:
-    """Every cell's text (see :func:`_annotation`), one list per grid row."""
-    return [
-        [_annotation(panel, grid.cell(i, j), detailed=detailed) for j in range(len(grid.beta_kl))]
-        for i in range(len(grid.beta_mix))
-    ]
-
-
-def heatmap_labels(
-    cells: pd.DataFrame, loss: str, kind: str = "collapse", *, detailed: bool = False
-) -> list[list[str]]:
-    """The texts the heatmaps write into one loss's cells.
-
-    Args:
-        cells: Output of :func:`sweep.stability_cells.aggregate_cells`.
-        loss: The loss whose grid is labelled.
-        kind: Panel kind: ``"collapse"``, ``"accuracy"`` or ``"mt_bench"``.
-        detailed: Labels of the per-loss figures (collapse rates with ``diverged/verdicts``) rather than of
-            the overview.
-
-    Returns:
-        One list per grid row (``beta_mix`` ascending, a missing ``beta_mix`` last) with one label per
-        ``beta_kl`` (ascending); ``""`` where the sweep has no such cell.
-
-    Raises:
-        KeyError: On an unknown panel kind.
-    """
-    return _annotations(_grid_for(cells, loss), _panels(cells)[kind], detailed=detailed)
-
-
-def _draw_heatmap(ax: Axes, grid: _Grid, panel: _Panel, *, detailed: bool, fontsize: float):
+def _draw_heatmap(ax: Axes, grid: Grid, panel: Panel, *, detailed: bool, fontsize: float):
     """Draws one panel: coloured cells, annotations, categorical beta ticks and the stable outline.
 
     Args:
@@ -295,7 +79,7 @@ def _draw_heatmap(ax: Axes, grid: _Grid, panel: _Panel, *, detailed: bool, fonts
     norm = mcolors.Normalize(vmin=panel.vmin, vmax=panel.vmax)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", aspect="equal")
 
-    labels = _annotations(grid, panel, detailed=detailed)
+    labels = cell_labels(grid, panel, detailed=detailed)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             text = labels[i][j]
@@ -344,7 +128,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _loss_figure(grid: _Grid, loss: str, panels: Sequence[_Panel], stable_threshold: float) -> Figure:
+def _loss_figure(grid: Grid, loss: str, panels: Sequence[Panel], stable_threshold: float) -> Figure:
     """One figure for one loss with the given panels side by side, each with its own colour bar."""
     unit = 0.95  # inches per heatmap cell
     width = max(unit * len(grid.beta_kl), 2.5) + 2.4  # tick labels, axis label and colour bar
@@ -359,9 +143,7 @@ def _loss_figure(grid: _Grid, loss: str, panels: Sequence[_Panel], stable_thresh
     return fig
 
 
-def _overview_figure(
-    grids: dict[str, _Grid], panels: Sequence[_Panel], stable_threshold: float, n_seeds: int
-) -> Figure:
+def _overview_figure(grids: dict[str, Grid], panels: Sequence[Panel], stable_threshold: float, n_seeds: int) -> Figure:
     """One column per loss, one row per panel kind; colour ranges shared along each row."""
     unit = 0.6  # inches per heatmap cell
     widths = [unit * len(g.beta_kl) + 0.9 for g in grids.values()]
@@ -413,8 +195,8 @@ def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float
     stems = [_file_stem(loss) for loss in losses]
     if len(set(stems)) != len(stems):
         raise ValueError(f"loss names {losses} collide once made file-name safe ({stems})")
-    panels = _panels(cells)
-    grids = {loss: _grid_for(cells, loss) for loss in losses}
+    panels = panel_kinds(cells)
+    grids = {loss: loss_grid(cells, loss) for loss in losses}
 
     figures = []
     for loss, stem in zip(losses, stems, strict=True):

@@ -11,9 +11,9 @@ import pytest
 from matplotlib import image as mpimg
 
 from sweep.cells_table import format_beta, format_cells_table
+from sweep.heatmap_grid import heatmap_labels
 from sweep.stability import StabilityMap, write_stability_map
 from sweep.stability_cells import CELL_COLUMNS, aggregate_cells, validate_trials
-from sweep.stability_plots import heatmap_labels
 
 NAN = math.nan
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
