@@ -1,4 +1,4 @@
-"""Tests for ``sweep.stability`` on hand-made trial frames with hand-computed expectations."""
+"""Tests for ``sweep.stability`` and its modules on hand-made trial frames with hand-computed expectations."""
 
 from __future__ import annotations
 
@@ -10,15 +10,10 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from sweep.stability import (
-    CELL_COLUMNS,
-    StabilityMap,
-    aggregate_cells,
-    format_beta,
-    format_cells_table,
-    validate_trials,
-    write_stability_map,
-)
+from sweep.cells_table import format_beta, format_cells_table
+from sweep.heatmap_grid import heatmap_labels
+from sweep.stability import StabilityMap, write_stability_map
+from sweep.stability_cells import CELL_COLUMNS, aggregate_cells, validate_trials
 
 NAN = math.nan
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -332,3 +327,29 @@ def test_stability_map_rejects_foreign_files(tmp_path):
     stray = tmp_path / "elsewhere.png"
     with pytest.raises(ValueError, match="not a file written into"):
         StabilityMap(out_dir=tmp_path, trials=_sweep_frame(), cells=pd.DataFrame(), tables=[], figures=[stray])
+
+
+def test_heatmap_labels_say_why_a_cell_has_no_verdict(tmp_path):
+    """A collapse cell without a verdict is labelled by what ended its trials, not "err" whenever it is NaN."""
+    frame = pd.DataFrame(
+        [
+            _trial("p0", "dlrml", 0.1, 0.05, 0, "pruned", acc=0.40, steps=2),
+            _trial("p1", "dlrml", 0.1, 0.05, 1, "pruned", acc=0.50, steps=2),
+            _trial("e0", "dlrml", 0.2, 0.05, 0, "errored", steps=0),
+            _trial("m0", "dlrml", 0.1, 0.5, 0, "pruned", acc=0.50, steps=2),
+            _trial("m1", "dlrml", 0.1, 0.5, 1, "errored", steps=0),
+            _trial("c0", "dpo", 0.1, NAN, 0, "completed", acc=0.60),
+            _trial("c1", "dpo", 0.1, NAN, 1, "diverged", step=5, steps=5),
+            _trial("q0", "dpo", 0.2, NAN, 0, "pruned", acc=0.70, steps=2),
+        ]
+    )
+    cells = aggregate_cells(frame)
+    # Rows are beta_mix (0.05, 0.5), columns beta_kl (0.1, 0.2); dlrml has no (0.2, 0.5) cell.
+    assert heatmap_labels(cells, "dlrml") == [["pruned", "err"], ["n/a", ""]]
+    assert heatmap_labels(cells, "dlrml", detailed=True) == [["all\npruned", "all\nerrored"], ["no\nverdict", ""]]
+    assert heatmap_labels(cells, "dpo", detailed=True) == [["0.50\n1/2", "all\npruned"]]
+    # Pruned trials still have the accuracy ASHA ranked them on; errored ones have none.
+    assert heatmap_labels(cells, "dlrml", "accuracy") == [["0.45", "n/a"], ["0.50", ""]]
+    # And the figures with such cells are drawn.
+    stability_map = write_stability_map(frame, tmp_path)
+    assert stability_map.figure("collapse_dlrml.png").read_bytes()[:8] == PNG_MAGIC
