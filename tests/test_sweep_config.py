@@ -289,6 +289,8 @@ def test_help_documents_every_field(tmp_path):
         assert flag in text
     for name in shipped_configs():
         assert name in text
+    for flag in ("--set", "key=value"):
+        assert flag in text
     rows = field_docs(SweepConfig)
     assert len(rows) > 40
     for row in rows:
