@@ -35,7 +35,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from evaluation.config import DEFAULT_JUDGE_MODELS, HUB, JUDGE_BACKENDS, EvalConfig
+from evaluation.config import EvalConfig
 from evaluation.generation import generate_answers
 from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
 from evaluation.mt_bench_data import (
@@ -52,6 +52,7 @@ from evaluation.mt_bench_data import (
     resolve_source,
     select_questions,
 )
+from trainers.typed_config import add_config_arguments, apply_overrides, build, fields_help, overrides_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -375,48 +376,42 @@ def format_scores(result: MTBenchResult, model_id: str, judge_name: str) -> str:
     return "\n".join(lines)
 
 
+CONFIG_ALIASES = {
+    "--judge-backend": "judge_backend",
+    "--judge-model": "judge_model",
+    "--judge-base-url": "judge_base_url",
+    "--api-key-env": "api_key_env",
+    "--mt-bench-questions": "questions",
+    "--judge-prompts": "judge_prompts",
+    "--reference-answers": "reference_answers",
+    "--categories": "categories",
+    "--limit": "limit",
+    "--max-new-tokens": "max_new_tokens",
+    "--batch-size": "generation_batch_size",
+    "--seed": "seed",
+    "--judge-max-tokens": "judge_max_tokens",
+    "--judge-batch-size": "judge_batch_size",
+    "--concurrency": "concurrency",
+    "--timeout": "timeout_s",
+    "--max-retries": "max_retries",
+    "--lenient-rating-range": "!strict_rating_range",
+    "--no-force-rating": "!local_judge_force_rating",
+}
+"""Short flags of :class:`EvalConfig` fields; every field is also settable with ``--set key=value``."""
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.mt_bench",
         description="MT-Bench single-answer grading (FastChat llm_judge) of a causal LM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_help(EvalConfig, "MT-Bench config fields (set any with --set key=value; values are YAML):"),
     )
     parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--model-id", help="name of the evaluated model (default: derived from --model)")
-    parser.add_argument("--judge-backend", choices=JUDGE_BACKENDS, default="local")
-    parser.add_argument(
-        "--judge-model",
-        help=f"judge model (default: {DEFAULT_JUDGE_MODELS['local']!r} for local, "
-        f"{DEFAULT_JUDGE_MODELS['openai']!r} for openai)",
-    )
-    parser.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the env var holding the key")
-    parser.add_argument(
-        "--mt-bench-questions", help=f"question.jsonl path or {HUB!r} (default: the bundled question set)"
-    )
-    parser.add_argument("--judge-prompts", help=f"judge_prompts.jsonl path or {HUB!r} (default: bundled)")
-    parser.add_argument("--reference-answers", help=f"reference answers JSONL or {HUB!r} (default: bundled)")
-    parser.add_argument("--categories", nargs="+", help="only these question categories")
-    parser.add_argument("--limit", type=int, help="only the first N questions")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="answer tokens per turn")
-    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--judge-max-tokens", type=int, help="judgment token budget (default: 2048 openai, 256 local)")
-    parser.add_argument("--judge-batch-size", type=int, default=8, help="local judge batch size")
-    parser.add_argument("--concurrency", type=int, default=8, help="openai judge requests in flight")
-    parser.add_argument("--timeout", type=float, default=120.0, help="openai judge request timeout, seconds")
-    parser.add_argument("--max-retries", type=int, default=5, help="openai judge retries per request")
-    parser.add_argument(
-        "--lenient-rating-range",
-        action="store_true",
-        help="keep ratings outside 1-10 (FastChat behaviour) instead of counting them invalid",
-    )
-    parser.add_argument(
-        "--no-force-rating",
-        action="store_true",
-        help="local judge: do not append a constrained 1-10 rating to judgments that lack one",
-    )
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
+    add_config_arguments(parser, EvalConfig, CONFIG_ALIASES)
     return parser
 
 
@@ -426,27 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = EvalConfig(
-            questions=args.mt_bench_questions,
-            judge_prompts=args.judge_prompts,
-            reference_answers=args.reference_answers,
-            limit=args.limit,
-            categories=tuple(args.categories) if args.categories else None,
-            max_new_tokens=args.max_new_tokens,
-            generation_batch_size=args.batch_size,
-            seed=args.seed,
-            judge_backend=args.judge_backend,
-            judge_model=args.judge_model,
-            judge_base_url=args.judge_base_url,
-            api_key_env=args.api_key_env,
-            judge_max_tokens=args.judge_max_tokens,
-            judge_batch_size=args.judge_batch_size,
-            concurrency=args.concurrency,
-            timeout_s=args.timeout,
-            max_retries=args.max_retries,
-            strict_rating_range=not args.lenient_rating_range,
-            local_judge_force_rating=not args.no_force_rating,
-        )
+        cfg = build(EvalConfig, apply_overrides({}, overrides_from_args(args), EvalConfig))
     except ValueError as err:
         parser.error(str(err))
     model_id = args.model_id or safe_name(Path(args.model.rstrip("/")).name)

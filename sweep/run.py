@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script (python sweep/run.py): make the
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sweep.config import ConfigError, SweepConfig, fields_help, load_sweep_config, shipped_configs  # noqa: E402
+from trainers.typed_config import add_config_arguments, overrides_from_args  # noqa: E402
 
 logger = logging.getLogger("sweep")
 
@@ -28,6 +29,9 @@ EXIT_INCOMPLETE = 1
 """The sweep ran but produced no usable map: every trial errored, or its results could not be written."""
 EXIT_BAD_INPUT = 2
 """A config value, CLI flag, model, data row or resource request was rejected before any cluster work."""
+
+CONFIG_ALIASES = {"--mlflow-uri": "mlflow.tracking_uri", "--no-mlflow": "!mlflow.enabled", "--name": "name"}
+"""Short flags of config fields; any field is also settable as a positional or ``--set`` ``key=value``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help=f"shipped config name ({', '.join(shipped_configs())}) or a YAML file (default: default)",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grid.seeds=[0,1,2]")
-    parser.add_argument(
-        "--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db; or http://host:port)"
-    )
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--name", default=None, help="experiment name (overrides the config's name)")
+    add_config_arguments(parser, SweepConfig, CONFIG_ALIASES, positional=True)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -63,15 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(args: argparse.Namespace) -> SweepConfig:
-    """The validated sweep config for parsed CLI arguments."""
-    overrides = list(args.overrides)
-    if args.mlflow_uri:
-        overrides.append(f"mlflow.tracking_uri={args.mlflow_uri}")
-    if args.no_mlflow:
-        overrides.append("mlflow.enabled=false")
-    if args.name:
-        overrides.append(f"name={args.name}")
-    return load_sweep_config(args.config, overrides)
+    """The validated sweep config for parsed CLI arguments (positional overrides first, then the flags in order)."""
+    return load_sweep_config(args.config, overrides_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:

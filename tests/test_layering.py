@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainers", "sweep", "evaluation")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("trainers.protocol", "trainers.typed_config"),
+    ("trainers.protocol", "trainers.typed_config", "trainers.typed_config.*"),
     ("trainers.losses",),
     ("trainers.collapse",),
     ("trainers.config", "evaluation.config", "sweep.config"),

@@ -354,7 +354,7 @@ def test_hub_source_fails_clearly_offline() -> None:
         ({"judge_backend": "anthropic"}, r"judge_backend must be one of"),
         ({"judge_base_url": "http://x/v1"}, r"judge_base_url only applies to judge_backend='openai'"),
         ({"judge_backend": "openai", "judge_base_url": "localhost:8000"}, r"must be an http\(s\) URL"),
-        ({"timeout_s": 0}, r"timeout_s must be > 0"),
+        ({"timeout_s": 0}, r"timeout_s must be a finite number > 0"),
         ({"max_retries": -1}, r"max_retries"),
         ({"backoff_s": 5.0, "backoff_max_s": 1.0}, r"backoff_max_s"),
         ({"questions": ""}, r"questions must be None"),

@@ -14,17 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import (
-    CONFIG_DIR,
-    ConfigError,
-    SweepConfig,
-    apply_override,
-    describe_fields,
-    load_sweep_config,
-    shipped_configs,
-)
+from sweep.config import CONFIG_DIR, ConfigError, SweepConfig, load_sweep_config, shipped_configs
 from tests.procs import run
 from trainers.losses import LOSSES
+from trainers.typed_config import apply_overrides, field_docs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_SCRIPT = REPO_ROOT / "sweep" / "run.py"
@@ -157,9 +150,7 @@ def test_scientific_notation_in_a_yaml_file_is_a_float(tmp_path):
 
 def test_later_overrides_win_and_create_sections():
     data: dict = {}
-    apply_override(data, "train.divergence.window=7")
-    apply_override(data, "train.divergence.window=9")
-    apply_override(data, "mlflow.tracking_uri=")
+    apply_overrides(data, ["train.divergence.window=7", "train.divergence.window=9", "mlflow.tracking_uri="])
     assert data == {"train": {"divergence": {"window": 9}}, "mlflow": {"tracking_uri": None}}
 
 
@@ -298,14 +289,16 @@ def test_help_documents_every_field(tmp_path):
         assert flag in text
     for name in shipped_configs():
         assert name in text
-    rows = describe_fields()
+    for flag in ("--set", "key=value"):
+        assert flag in text
+    rows = field_docs(SweepConfig)
     assert len(rows) > 40
-    for key, kind, default, doc in rows:
-        assert doc.strip(), f"config field {key} has no description"
-        if kind == "section":
-            assert f"[{key}]" in text, f"section {key} missing from --help"
+    for row in rows:
+        assert row.help.strip(), f"config field {row.key} has no description"
+        if row.section:
+            assert f"[{row.key}]" in text, f"section {row.key} missing from --help"
         else:
-            assert f"  {key} ({kind}, default {default})" in text, f"field {key} missing from --help"
+            assert f"  {row.key} ({row.type}, default {row.default})" in text, f"field {row.key} missing from --help"
     assert_no_cluster_work(proc, tmp_path)
 
 

@@ -27,37 +27,26 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from trainers.losses import LossSpec, compute_loss
+from trainers.typed_config import option, validate
 
 REASONS = ("non_finite_loss", "non_finite_grad", "grad_norm_explosion", "loss_explosion")
 
 
 @dataclass
 class DivergenceConfig:
-    """Thresholds of the divergence monitor.
+    """Thresholds of the divergence monitor."""
 
-    Attributes:
-        grace_steps: Steps before the explosion rules apply (non-finite values always count).
-        grad_norm_factor: ``k``: a pre-clip grad norm above ``k`` x running median is an explosion.
-        window: Number of past grad norms in the running median.
-        loss_explosion_factor: A loss above this multiple of the largest grace-period loss is an explosion.
-    """
-
-    grace_steps: int = 3
-    grad_norm_factor: float = 10.0
-    window: int = 50
-    loss_explosion_factor: float = 10.0
+    grace_steps: int = option(3, ge=1, help="Steps before the explosion rules apply (non-finite values always count).")
+    grad_norm_factor: float = option(
+        10.0, gt=1, help="``k``: a pre-clip grad norm above ``k`` x running median is an explosion."
+    )
+    window: int = option(50, ge=1, help="Number of past grad norms in the running median.")
+    loss_explosion_factor: float = option(
+        10.0, gt=1, help="A loss above this multiple of the largest grace-period loss is an explosion."
+    )
 
     def __post_init__(self) -> None:
-        if self.grace_steps < 1:
-            raise ValueError(f"divergence.grace_steps must be >= 1, got {self.grace_steps}")
-        if not (math.isfinite(self.grad_norm_factor) and self.grad_norm_factor > 1):
-            raise ValueError(f"divergence.grad_norm_factor must be a finite number > 1, got {self.grad_norm_factor}")
-        if self.window < 1:
-            raise ValueError(f"divergence.window must be >= 1, got {self.window}")
-        if not (math.isfinite(self.loss_explosion_factor) and self.loss_explosion_factor > 1):
-            raise ValueError(
-                f"divergence.loss_explosion_factor must be a finite number > 1, got {self.loss_explosion_factor}"
-            )
+        validate(self, label="divergence")
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from trainers.config import LossConfig, TrainConfig
-from trainers.losses import LOSSES
+from trainers.config import TrialConfig
 from trainers.protocol import HELD_OUT_ACCURACY, STEP_METRICS
 from trainers.trial_runner import load_trial_data, run_trial
+from trainers.typed_config import add_config_arguments, apply_overrides, build, fields_help, overrides_from_args
 
 
 def format_step(step: int, metrics: dict[str, float]) -> str | None:
@@ -36,35 +36,42 @@ def _print_step(step: int, metrics: dict[str, float]) -> None:
         print(line, flush=True)
 
 
+CONFIG_ALIASES = {
+    "--loss": "loss.name",
+    "--beta-kl": "loss.beta_kl",
+    "--beta-mix": "loss.beta_mix",
+    "--tau": "loss.tau",
+    "--beta-mix-lr": "loss.beta_mix_lr",
+    "--model": "train.model",
+    "--data": "train.data",
+    "--eval-data": "train.eval_data",
+    "--max-train-rows": "train.max_train_rows",
+    "--max-eval-rows": "train.max_eval_rows",
+    "--on-bad-rows": "train.on_bad_rows",
+    "--lr": "train.learning_rate",
+    "--batch-size": "train.per_device_batch_size",
+    "--grad-accum": "train.grad_accum",
+    "--max-steps": "train.max_steps",
+    "--epochs": "train.epochs",
+    "--precision": "train.precision",
+    "--max-length": "train.max_length",
+    "--seed": "train.seed",
+    "--eval-steps": "train.eval_steps",
+    "--max-grad-norm": "train.max_grad_norm",
+    "--output-dir": "train.output_dir",
+    "--no-save": "!train.save_model",
+}
+"""Short flags of trial config fields; every field is settable with ``--set key=value``."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    defaults_train, defaults_loss = TrainConfig(), LossConfig()
     p = argparse.ArgumentParser(
         prog="python -m trainers.train",
         description="Train one DPO-family trial and report collapse statistics and its stability verdict.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_help(TrialConfig, "trial config fields (set any with --set key=value; values are YAML):"),
     )
-    p.add_argument("--loss", default=defaults_loss.name, help=f"one of: {', '.join(LOSSES)}")
-    p.add_argument("--beta-kl", type=float, default=defaults_loss.beta_kl, help="KL strength beta")
-    p.add_argument("--beta-mix", type=float, default=defaults_loss.beta_mix, help="LRML mixing beta (dlrml*)")
-    p.add_argument("--tau", type=float, default=defaults_loss.tau, help="LRML mixing temperature")
-    p.add_argument("--beta-mix-lr", type=float, default=defaults_loss.beta_mix_lr, help="lr of learnable beta_mix")
-    p.add_argument("--model", default=defaults_train.model, help="'embedded', a local path or a hub id")
-    p.add_argument("--data", default=defaults_train.data, help="'embedded', a JSONL/JSON/Parquet file or a hub id")
-    p.add_argument("--eval-data", default=None, help="separate held-out source")
-    p.add_argument("--max-train-rows", type=int, default=None)
-    p.add_argument("--max-eval-rows", type=int, default=defaults_train.max_eval_rows)
-    p.add_argument("--on-bad-rows", default=defaults_train.on_bad_rows, help="'error' or 'drop' (counted)")
-    p.add_argument("--lr", type=float, default=defaults_train.learning_rate, help="learning rate")
-    p.add_argument("--batch-size", type=int, default=defaults_train.per_device_batch_size, help="pairs per step")
-    p.add_argument("--grad-accum", type=int, default=defaults_train.grad_accum)
-    p.add_argument("--max-steps", type=int, default=defaults_train.max_steps, help="-1: train for --epochs")
-    p.add_argument("--epochs", type=float, default=defaults_train.epochs)
-    p.add_argument("--precision", default=defaults_train.precision, help="fp32 or bf16")
-    p.add_argument("--max-length", type=int, default=defaults_train.max_length)
-    p.add_argument("--seed", type=int, default=defaults_train.seed)
-    p.add_argument("--eval-steps", type=int, default=defaults_train.eval_steps, help="0: evaluate at the end")
-    p.add_argument("--max-grad-norm", type=float, default=defaults_train.max_grad_norm)
-    p.add_argument("--output-dir", default=defaults_train.output_dir)
-    p.add_argument("--no-save", action="store_true", help="do not save the final policy")
+    add_config_arguments(p, TrialConfig, CONFIG_ALIASES)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     return p
 
@@ -74,27 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        loss = LossConfig(args.loss, args.beta_kl, args.beta_mix, args.tau, args.beta_mix_lr)
-        train = TrainConfig(
-            model=args.model,
-            data=args.data,
-            eval_data=args.eval_data,
-            max_train_rows=args.max_train_rows,
-            max_eval_rows=args.max_eval_rows,
-            on_bad_rows=args.on_bad_rows,
-            learning_rate=args.lr,
-            per_device_batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            max_steps=args.max_steps,
-            epochs=args.epochs,
-            precision=args.precision,
-            max_length=args.max_length,
-            seed=args.seed,
-            eval_steps=args.eval_steps,
-            max_grad_norm=args.max_grad_norm,
-            output_dir=args.output_dir,
-            save_model=not args.no_save,
-        )
+        trial = build(TrialConfig, apply_overrides({}, overrides_from_args(args), TrialConfig))
+        loss, train = trial.loss, trial.train
         data = load_trial_data(train)
     except ValueError as err:
         parser.error(str(err))
