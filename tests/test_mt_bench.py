@@ -23,10 +23,10 @@ from evaluation.mt_bench import (
     MTBenchData,
     judge_answers,
     load_mt_bench_data,
-    main,
     run_mt_bench,
     summarize_judgments,
 )
+from evaluation.mt_bench.__main__ import main
 from evaluation.mt_bench_data import (
     NEED_REF_CATS,
     SINGLE_JUDGE_PROMPTS,
