@@ -85,7 +85,7 @@ def _cells(trials: pd.DataFrame) -> pd.DataFrame:
     was pruned (a pruned trial has no verdict); plus the mean held-out accuracy of the non-diverged seeds."""
     trials = trials.assign(
         beta_mix=trials["beta_mix"].fillna(-1.0),
-        judged=trials["diverged"] | (trials["status"] == TrialStatus.COMPLETED),
+        judged=trials["diverged"] | trials["status"].map(lambda s: TrialStatus(s).trained_to_end),
     )
     grouped = trials.groupby(CELL, sort=True)
     cells = pd.DataFrame(

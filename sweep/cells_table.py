@@ -13,21 +13,20 @@ from trainers.protocol import TrialStatus
 
 _HEADER: tuple[str, ...] = (
     "loss",
+    "form",
     "beta_kl",
     "beta_mix",
     "n",
-    "div",
-    "err",
-    TrialStatus.PRUNED.value,
-    "collapse",
+    "stab/stall/coll/div",
+    "pruned/err",
+    "failure [95% CI]",
     "div@step",
-    "acc_mean",
-    "acc_med",
-    "mt_bench",
-    "stable",
+    "acc (sd)",
+    "mt_bench (sd)",
+    "verdict",
 )
 # Leading text columns (loss, betas) are left-aligned, counts and scores right-aligned.
-_TEXT_COLUMNS = 3
+_TEXT_COLUMNS = 4
 
 
 def format_beta(value: float) -> str:
@@ -63,20 +62,26 @@ def _table_line(row: tuple) -> tuple[str, ...]:
     Returns:
         The formatted fields.
     """
+    counts = "/".join(
+        str(getattr(row, f"n_{s.value}"))
+        for s in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED)
+    )
+    failure = "-"
+    if row.n_verdict:
+        failure = f"{row.failure_rate:.2f} [{row.failure_low:.2f}, {row.failure_high:.2f}]"
     return (
         str(row.loss),
+        str(row.form),
         format_beta(row.beta_kl),
         format_beta(row.beta_mix),
         str(row.n_trials),
-        str(row.n_diverged),
-        str(row.n_errored),
-        str(row.n_pruned),
-        f"{_fmt(row.collapse_rate, '.2f')} ({row.n_diverged}/{row.n_verdict})",
+        counts,
+        f"{row.n_pruned}/{row.n_errored}",
+        failure,
         _fmt(row.median_steps_to_divergence, ".0f"),
-        _fmt(row.eval_accuracy_mean, ".3f"),
-        _fmt(row.eval_accuracy_median, ".3f"),
-        _fmt(row.mt_bench_mean, ".2f"),
-        "yes" if row.stable else ("no" if row.n_verdict else "?"),
+        f"{_fmt(row.eval_accuracy_mean, '.3f')} ({_fmt(row.eval_accuracy_std, '.3f')})",
+        f"{_fmt(row.mt_bench_mean, '.2f')} ({_fmt(row.mt_bench_std, '.2f')})",
+        str(row.verdict) if row.n_verdict else "? (no verdict)",
     )
 
 
@@ -87,9 +92,9 @@ def format_cells_table(cells: pd.DataFrame) -> str:
         cells: Output of :func:`sweep.stability_cells.aggregate_cells`.
 
     Returns:
-        The table, one line per cell under a header; ``collapse`` shows ``rate (diverged/verdicts)`` and
-        ``stable`` a ``yes``/``no``, or ``?`` for a cell without any verdict (every trial pruned or errored).
-        Missing numbers print as ``-``.
+        The table, one line per cell under a header: the counts of each verdict, of pruned and errored trials,
+        the failure rate with its Wilson interval, the mean (sd) held-out accuracy and MT-Bench score, and the
+        cell's verdict (``?`` for a cell without any: every trial pruned or errored). Missing numbers print ``-``.
 
     Raises:
         ValueError: If ``cells`` lacks any of :data:`CELL_COLUMNS`.

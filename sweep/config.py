@@ -19,7 +19,7 @@ import yaml
 
 from evaluation.config import EvalConfig
 from trainers.config import LossConfig, TrainConfig
-from trainers.losses import DISCOPOP_TAU, LOSSES, get_loss
+from trainers.losses import DISCOPOP_TAU, LOSS_FORMS, LOSSES, LossForm, get_loss
 from trainers.typed_config import ConfigError, Override, apply_overrides, build, option, to_dict, validate
 from trainers.typed_config import fields_help as _fields_help
 
@@ -68,8 +68,15 @@ class GridConfig:
         help="LRML mixing-beta values, crossed only with losses that take it (``dlrml``, ``dlrml_learnable``); other "
         "losses run once per (beta_kl, seed). Empty when no such loss is swept.",
     )
+    forms: list[LossForm] = option(
+        ["stable"],
+        nonempty=True,
+        unique=True,
+        help=f"Loss forms ({', '.join(LOSS_FORMS)}), crossed only with the LRML family (``discopop``, ``dlrml*``): "
+        "``literal`` is the published expression as written, ``stable`` its log-space rewrite.",
+    )
     seeds: list[int] = option(
-        [0], nonempty=True, unique=True, help="Random seeds; the collapse rate of a cell is taken across them."
+        [0], nonempty=True, unique=True, help="Random seeds; the failure rate of a cell is taken across them."
     )
     tau: float = option(DISCOPOP_TAU, gt=0, help="LRML mixing temperature.")
     beta_mix_lr: float = option(1e-2, gt=0, help="Learning rate of the learnable beta_mix (``dlrml_learnable``).")
@@ -97,14 +104,18 @@ class GridConfig:
         """Expand the grid into loss configs, in a stable order, with no duplicate trials.
 
         Returns:
-            One :class:`LossConfig` per (loss, beta_kl, beta_mix) cell; seeds are crossed by the caller.
+            One :class:`LossConfig` per (loss, form, beta_kl, beta_mix) cell; seeds are crossed by the caller.
         """
         cells = []
         for name in self.losses:
             mixes = self.beta_mix if LOSSES[name].uses_beta_mix else [None]
-            for beta_kl in self.beta_kl:
-                for beta_mix in mixes:
-                    cells.append(LossConfig(name, beta_kl, beta_mix, self.tau, self.beta_mix_lr))
+            forms = self.forms if LOSSES[name].has_forms else ["stable"]
+            for form in forms:
+                for beta_kl in self.beta_kl:
+                    for beta_mix in mixes:
+                        cells.append(
+                            LossConfig(name, beta_kl, beta_mix, self.tau, form=form, beta_mix_lr=self.beta_mix_lr)
+                        )
         return cells
 
     @property

@@ -48,6 +48,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
         "beta_kl": loss["beta_kl"],
         "beta_mix": loss["beta_mix"],
         "tau": loss["tau"],
+        "form": loss.get("form", "stable"),
         "seed": trial["seed"],
         "learning_rate": train["learning_rate"],
         "model": train["model"],
@@ -363,6 +364,7 @@ class SweepDriver:
                     result.error,
                     trial_id=trial_id,
                     divergence=self.config.train.divergence,
+                    verdicts=self.config.train.verdicts,
                     attempts=attempts,
                 )
             )
@@ -374,10 +376,13 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell_metrics(cells: pd.DataFrame) -> dict[str, float]:
+    """The parent run's per-cell metrics; NaN results (no verdict, no score) are left out: MLflow's UI hides them."""
     metrics = {}
     for _, cell in cells.iterrows():
+        form = "" if cell.get("form", "stable") == "stable" else f"_{cell['form']}"
         mix = "" if pd.isna(cell["beta_mix"]) else f"_bmix{cell['beta_mix']:g}"
-        prefix = f"cell/{cell['loss']}_bkl{cell['beta_kl']:g}{mix}"
-        metrics[f"{prefix}/collapse_rate"] = cell["collapse_rate"]
-        metrics[f"{prefix}/eval_accuracy"] = cell["eval_accuracy_mean"]
+        prefix = f"cell/{cell['loss']}{form}_bkl{cell['beta_kl']:g}{mix}"
+        for name, column in (("failure_rate", "failure_rate"), ("eval_accuracy", "eval_accuracy_mean")):
+            if not pd.isna(cell[column]):
+                metrics[f"{prefix}/{name}"] = float(cell[column])
     return metrics

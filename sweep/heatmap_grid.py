@@ -79,6 +79,19 @@ class Grid:
         return bool(np.isfinite(self.beta_mix).any())
 
 
+def series_label(loss: str, form: str) -> str:
+    """The name of one map series: the loss, with its form when it is not ``stable`` (``discopop[literal]``)."""
+    return loss if form == "stable" else f"{loss}[{form}]"
+
+
+def by_series(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cell frame with ``loss`` replaced by :func:`series_label`, so that each (loss, form) is its own map."""
+    if "form" not in cells:
+        return cells
+    labels = [series_label(loss, form) for loss, form in zip(cells["loss"], cells["form"], strict=True)]
+    return cells.assign(loss=labels)
+
+
 def loss_grid(cells: pd.DataFrame, loss: str) -> Grid:
     """Builds the grid of one loss from the cell frame.
 
@@ -145,9 +158,9 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
     mt_low, mt_high = _score_range(cells["mt_bench_mean"], MT_BENCH_RANGE, 0.5)
     return {
         "collapse": Panel(
-            "collapse_rate",
-            "collapse rate",
-            f"{TrialStatus.DIVERGED} / ({TrialStatus.COMPLETED} + {TrialStatus.DIVERGED})",
+            "failure_rate",
+            "failure rate",
+            "failed / verdicts (failed: stalled, collapsed or diverged)",
             _COLLAPSE_CMAP,
             0.0,
             1.0,
@@ -206,13 +219,13 @@ def _annotation(panel: Panel, cell: pd.Series | None, *, detailed: bool) -> str:
     if cell is None:
         return ""
     value = float(cell[panel.column])
-    if panel.column != "collapse_rate":
+    if panel.column != "failure_rate":
         return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"
     if np.isnan(value):
         return _no_verdict_label(cell, detailed=detailed)
     if detailed:
-        failures = cell[STATUS_COUNT_COLUMNS[TrialStatus.DIVERGED]]
-        return f"{value:{panel.spec}}\n{int(failures)}/{int(cell['n_verdict'])}"
+        failures = sum(int(cell[STATUS_COUNT_COLUMNS[status]]) for status in TrialStatus if status.is_failure)
+        return f"{value:{panel.spec}}\n{failures}/{int(cell['n_verdict'])}\n{cell['verdict']}"
     return f"{value:{panel.spec}}"
 
 
@@ -240,7 +253,7 @@ def heatmap_labels(
 
     Args:
         cells: Output of :func:`sweep.stability_cells.aggregate_cells`.
-        loss: The loss whose grid is labelled.
+        loss: The map series whose grid is labelled (:func:`series_label`, e.g. ``dlrml[literal]``).
         kind: Panel kind: ``"collapse"``, ``"accuracy"`` or ``"mt_bench"``.
         detailed: Labels of the per-loss figures (collapse rates with ``diverged/verdicts``) rather than of
             the overview.
@@ -252,4 +265,5 @@ def heatmap_labels(
     Raises:
         KeyError: On an unknown panel kind.
     """
+    cells = by_series(cells)
     return cell_labels(loss_grid(cells, loss), panel_kinds(cells)[kind], detailed=detailed)

@@ -26,11 +26,12 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
     policy = config.mt_bench
     trials = trials.copy()
     trials["mt_bench_score"] = math.nan
+    trained = trials["status"].map(lambda status: TrialStatus(status).trained_to_end)
     trials["mt_bench_reason"] = [
-        status if status != TrialStatus.COMPLETED else f"not selected (mt_bench.policy={policy.policy})"
-        for status in trials["status"]
+        f"not selected (mt_bench.policy={policy.policy})" if done else status
+        for status, done in zip(trials["status"], trained, strict=True)
     ]
-    completed = trials[trials["status"] == TrialStatus.COMPLETED]
+    completed = trials[trained]
     if policy.policy == "none" or completed.empty:
         return trials
     if policy.policy == "top_k":

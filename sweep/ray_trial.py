@@ -81,6 +81,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         **_scalar_metrics(result.train_metrics),
         **_scalar_metrics(result.eval_metrics),
         ReportKey.FINAL.value: 1,
+        ReportKey.EVAL_PAIRS.value: result.eval_pairs,
         "verdict/diverged": float(verdict.diverged),
         "verdict/step": float(verdict.step) if verdict.step is not None else math.nan,
     }

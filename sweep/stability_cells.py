@@ -1,20 +1,20 @@
-"""Stability cells: the validated per-trial frame of a sweep grouped into per-cell collapse statistics.
+"""Stability cells: the validated per-trial frame of a sweep grouped into per-cell verdicts and failure rates.
 
 After a sweep the driver holds one row per Ray Tune trial. This module groups the trials into *cells*
-(one cell per ``(loss, beta_kl, beta_mix)`` hyperparameter point, the seeds being repeats) and computes how
-often each cell collapses.
+(one cell per ``(loss, form, beta_kl, beta_mix)`` point, the seeds being repeats) and computes how often each
+cell fails.
 
-Collapse here means the trial *diverged* (non-finite loss or gradients, gradient-norm explosion, ...), the
-training instability the sweep maps for DiscoPOP / LRML (Lu et al., 2024, "Discovering Preference
-Optimization Algorithms with and for Large Language Models") and its decoupled variant dLRML, whose mixing
-temperature ``beta_mix`` is a second axis next to the KL strength ``beta_kl``. Only a trial that trained to
-the end (completed) or diverged carries a stability verdict (:attr:`TrialStatus.has_verdict`). A trial that
-ASHA (Li et al., 2020, "A System for Massively Parallel Hyperparameter Tuning") pruned was judged *weak* at a
-rung and stopped: it did not diverge *yet*, which says nothing about the steps it never ran
-(``bench/early_stopping.py`` found cells whose trials ASHA pruned at step 2 and which diverged later in the
-full grid). Pruned and errored (crash, lost worker) trials are therefore left out of the denominator:
+A trial fails when it diverged (non-finite loss or gradients, gradient-norm explosion, ...), collapsed (likelihood
+collapse, accuracy back at chance) or stalled (no learning beyond noise): the failure modes the DiscoPOP paper
+(Lu et al., 2024, "Discovering Preference Optimization Algorithms with and for Large Language Models") reports for
+LRML, mapped here for it and its decoupled variant dLRML. Only those verdicts and ``stable`` count
+(:attr:`TrialStatus.has_verdict`). A trial that ASHA (Li et al., 2020) pruned was judged *weak* at a rung and
+stopped: it did not diverge *yet*, which says nothing about the steps it never ran. Pruned and errored (crash,
+lost worker) trials are therefore left out of the denominator:
 
-    collapse_rate = n_diverged / (n_completed + n_diverged)
+    failure_rate = (n_stalled + n_collapsed + n_diverged) / n_verdict
+
+with a Wilson score interval over the cell's seeds (``failure_low``, ``failure_high``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from sweep.confidence import wilson_interval
 from trainers.protocol import TrialStatus
 
 #: Columns every trial frame must carry.
@@ -39,10 +40,12 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "steps",
     "eval_accuracy",
 )
-#: Columns a trial frame may carry (MT-Bench is only run on selected trials).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("mt_bench_score", "mt_bench_reason")
-#: The hyperparameter point that identifies a cell.
-CELL_KEYS: tuple[str, ...] = ("loss", "beta_kl", "beta_mix")
+#: Columns a trial frame may carry (MT-Bench is only run on selected trials; ``form`` defaults to ``stable``).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("form", "mt_bench_score", "mt_bench_reason")
+#: The point that identifies a cell.
+CELL_KEYS: tuple[str, ...] = ("loss", "form", "beta_kl", "beta_mix")
+#: A cell's ``verdict`` when none of its trials carries one.
+UNDETERMINED = "undetermined"
 #: Cell-frame column counting the trials of each status (``n_completed``, ``n_pruned``, ...).
 STATUS_COUNT_COLUMNS: dict[TrialStatus, str] = {status: f"n_{status.value}" for status in TrialStatus}
 #: Columns of the frame returned by :func:`aggregate_cells`, in order.
@@ -51,19 +54,26 @@ CELL_COLUMNS: tuple[str, ...] = (
     "n_trials",
     *STATUS_COUNT_COLUMNS.values(),
     "n_verdict",
-    "collapse_rate",
+    "failure_rate",
+    "failure_low",
+    "failure_high",
+    "verdict",
     "median_steps_to_divergence",
     "eval_accuracy_mean",
+    "eval_accuracy_std",
     "eval_accuracy_median",
     "n_mt_bench",
     "mt_bench_mean",
+    "mt_bench_std",
     "stable",
 )
 #: MT-Bench single-answer grading is on a 1-10 scale (Zheng et al., 2023, "Judging LLM-as-a-Judge").
 MT_BENCH_RANGE: tuple[float, float] = (0.0, 10.0)
 
 # Statuses whose held-out accuracy a cell averages: trials that ran without diverging or crashing.
-_SCORED_STATUSES: tuple[TrialStatus, ...] = (TrialStatus.COMPLETED, TrialStatus.PRUNED)
+_SCORED_STATUSES: tuple[TrialStatus, ...] = tuple(s for s in TrialStatus if s.trained_to_end or s is TrialStatus.PRUNED)
+# Order in which a mixed cell's failure kinds name its verdict on a tie (the most severe first).
+_FAILURE_ORDER: tuple[TrialStatus, ...] = (TrialStatus.DIVERGED, TrialStatus.COLLAPSED, TrialStatus.STALLED)
 # Numeric trial columns, coerced to float64.
 _NUMERIC_COLUMNS: tuple[str, ...] = (
     "beta_kl",
@@ -222,9 +232,11 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"trials frame is missing required column(s): {', '.join(missing)}")
 
     frame = trials.copy()
+    defaults = {"form": "stable", "mt_bench_score": np.nan, "mt_bench_reason": None}
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
-            frame[column] = np.nan if column == "mt_bench_score" else None
+            frame[column] = defaults[column]
+    frame["form"] = frame["form"].fillna("stable")
 
     _check_statuses(frame)
     _check_identity(frame)
@@ -247,75 +259,98 @@ def _mean_or_nan(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _std_or_nan(values: pd.Series) -> float:
+    """Sample standard deviation (ddof 1) over non-missing values, NaN with fewer than two."""
+    values = values.dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
 def _median_or_nan(values: pd.Series) -> float:
     """Median over non-missing values, NaN when there are none."""
     values = values.dropna()
     return float(values.median()) if len(values) else math.nan
 
 
-def _cell_row(key: tuple[str, float, float], group: pd.DataFrame, stable_threshold: float) -> dict[str, object]:
+def cell_verdict(counts: dict[TrialStatus, int]) -> str:
+    """A cell's verdict from its status counts: ``stable`` when every trial with a verdict is stable, else its most
+    frequent failure (ties: the most severe), ``undetermined`` without any verdict."""
+    failures = [(counts.get(s, 0), -_FAILURE_ORDER.index(s), s) for s in _FAILURE_ORDER if counts.get(s, 0)]
+    if failures:
+        return str(max(failures)[2])
+    return str(TrialStatus.STABLE) if counts.get(TrialStatus.STABLE, 0) else UNDETERMINED
+
+
+def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[str, object]:
     """The statistics of one cell (see :func:`aggregate_cells`).
 
     Args:
-        key: The cell's ``(loss, beta_kl, beta_mix)``.
+        key: The cell's ``(loss, form, beta_kl, beta_mix)``.
         group: The cell's rows of the validated trial frame.
-        stable_threshold: Largest collapse rate still called stable.
+        stable_threshold: Largest failure rate still called stable.
 
     Returns:
         One row of the cell frame, keyed by :data:`CELL_COLUMNS`.
     """
-    loss, beta_kl, beta_mix = key
+    loss, form, beta_kl, beta_mix = key
     status = group["status"]
     counts = {member: int((status == member.value).sum()) for member in TrialStatus}
     n_verdict = sum(n for member, n in counts.items() if member.has_verdict)
     n_failed = sum(n for member, n in counts.items() if member.is_failure)
-    collapse_rate = n_failed / n_verdict if n_verdict else math.nan
+    failure_rate = n_failed / n_verdict if n_verdict else math.nan
+    low, high = wilson_interval(n_failed, n_verdict)
 
-    failed = group[status.isin([member.value for member in TrialStatus if member.is_failure])]
-    divergence_steps = failed["diverged_step"].fillna(failed["steps"])
+    diverged = group[status == TrialStatus.DIVERGED.value]
+    divergence_steps = diverged["diverged_step"].fillna(diverged["steps"])
     judged = group[status.isin([member.value for member in _SCORED_STATUSES])]["eval_accuracy"]
     scores = group["mt_bench_score"]
     return {
         "loss": loss,
+        "form": form,
         "beta_kl": float(beta_kl),
         "beta_mix": float(beta_mix),
         "n_trials": len(group),
         **{STATUS_COUNT_COLUMNS[member]: n for member, n in counts.items()},
         "n_verdict": n_verdict,
-        "collapse_rate": collapse_rate,
+        "failure_rate": failure_rate,
+        "failure_low": low,
+        "failure_high": high,
+        "verdict": cell_verdict(counts),
         "median_steps_to_divergence": _median_or_nan(divergence_steps),
         "eval_accuracy_mean": _mean_or_nan(judged),
+        "eval_accuracy_std": _std_or_nan(judged),
         "eval_accuracy_median": _median_or_nan(judged),
         "n_mt_bench": int(scores.notna().sum()),
         "mt_bench_mean": _mean_or_nan(scores),
-        "stable": bool(n_verdict > 0 and collapse_rate <= stable_threshold),
+        "mt_bench_std": _std_or_nan(scores),
+        "stable": bool(n_verdict > 0 and failure_rate <= stable_threshold),
     }
 
 
 def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> pd.DataFrame:
-    """Groups trials into ``(loss, beta_kl, beta_mix)`` cells and computes their stability statistics.
+    """Groups trials into ``(loss, form, beta_kl, beta_mix)`` cells and computes their stability statistics.
 
     Per cell:
 
     * ``n_<status>`` per :class:`TrialStatus`; ``n_verdict`` counts the trials whose status
-      :attr:`~TrialStatus.has_verdict` (completed and diverged).
-    * ``collapse_rate`` = failures (:attr:`~TrialStatus.is_failure`: diverged) / ``n_verdict``; pruned and
-      errored trials carry no verdict. NaN when no trial has one (e.g. every seed was pruned).
+      :attr:`~TrialStatus.has_verdict` (stable, stalled, collapsed, diverged).
+    * ``failure_rate`` = failures (:attr:`~TrialStatus.is_failure`) / ``n_verdict``, with its 95 % Wilson
+      interval ``failure_low`` / ``failure_high``; NaN when no trial has a verdict (e.g. every seed was pruned).
+    * ``verdict``: :func:`cell_verdict` (``undetermined`` without any verdict).
     * ``median_steps_to_divergence`` over diverged trials: their ``diverged_step``, or ``steps`` (where the
       trainer stopped) for a diverged trial that did not record the step. NaN without diverged trials.
-    * ``eval_accuracy_mean`` / ``eval_accuracy_median`` over completed and pruned trials (held-out preference
-      accuracy, :data:`trainers.protocol.HELD_OUT_ACCURACY`), missing values ignored.
-    * ``mt_bench_mean`` over trials with an MT-Bench score, ``n_mt_bench`` their count.
-    * ``stable``: ``collapse_rate <= stable_threshold``; a cell without a verdict is never stable.
+    * ``eval_accuracy_mean`` / ``_std`` / ``_median`` over trials that trained to the end or were pruned (held-out
+      preference accuracy, :data:`trainers.protocol.HELD_OUT_ACCURACY`), missing values ignored.
+    * ``mt_bench_mean`` / ``_std`` over trials with an MT-Bench score, ``n_mt_bench`` their count.
+    * ``stable``: ``failure_rate <= stable_threshold``; a cell without a verdict is never stable.
 
     A missing ``beta_mix`` (losses without a mixing temperature) is its own group key, not dropped.
 
     Args:
         trials: One row per trial (see :func:`validate_trials`).
-        stable_threshold: Largest collapse rate still called stable, in ``[0, 1]``.
+        stable_threshold: Largest failure rate still called stable, in ``[0, 1]``.
 
     Returns:
-        One row per cell with :data:`CELL_COLUMNS`, sorted by loss, ``beta_kl`` and ``beta_mix`` (missing
+        One row per cell with :data:`CELL_COLUMNS`, sorted by loss, form, ``beta_kl`` and ``beta_mix`` (missing
         ``beta_mix`` last).
 
     Raises:
@@ -330,5 +365,5 @@ def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> p
     ]
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
     dtypes = {c: "int64" if c.startswith("n_") else "float64" for c in CELL_COLUMNS}
-    dtypes.update({"loss": str, "stable": bool})
+    dtypes.update({"loss": str, "form": str, "verdict": str, "stable": bool})
     return cells.astype(dtypes)

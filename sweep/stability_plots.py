@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sweep.cells_table import format_beta
-from sweep.heatmap_grid import Grid, Panel, cell_labels, loss_grid, panel_kinds
+from sweep.heatmap_grid import Grid, Panel, by_series, cell_labels, loss_grid, panel_kinds
 
 # Outline colour of the stable region: pure-ish blue, absent from the "Reds" and "viridis" colour maps.
 _OUTLINE_COLOUR = "#0073ff"
@@ -191,6 +191,7 @@ def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float
     Raises:
         ValueError: If two loss names map to the same file name.
     """
+    cells = by_series(cells)
     losses = sorted(cells["loss"].unique())
     stems = [_file_stem(loss) for loss in losses]
     if len(set(stems)) != len(stems):

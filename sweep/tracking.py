@@ -26,6 +26,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from trainers.protocol import BOOKKEEPING_KEYS, HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+
 logger = logging.getLogger(__name__)
 
 SWEEP_TAG = "dlrml.sweep"
@@ -288,8 +290,12 @@ class MLflowTracker(Callback):
         self.echo(f"[sweep] started {trial.trial_id}: {self.trial_name(config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        """Log one reported step's metrics (NaN/Inf included: they are the evidence of divergence)."""
-        step = int(result.get("step", 0))
+        """Log one reported step's metrics (NaN/Inf included: they are the evidence of divergence).
+
+        The final report repeats the last step's and evaluation's values (it exists to carry the verdict), so its
+        metrics are not logged again: every metric has exactly one point per step.
+        """
+        step = int(result.get(ReportKey.STEP, 0))
         timestamp = int(time.time() * 1000)
         metrics = [
             (key, float(value), timestamp, step)
@@ -297,11 +303,11 @@ class MLflowTracker(Callback):
             if isinstance(value, int | float) and not isinstance(value, bool) and _is_metric(key)
         ]
         config = trial.config
-        self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
-        if any(key.startswith("eval_") for key in result) or result.get("final"):
-            acc = result.get("eval_rewards/accuracies", math.nan)
-            verdict = "diverged" if result.get("verdict/diverged") else "stable"
-            ending = f" -> finished ({verdict})" if result.get("final") else ""
+        if result.get(ReportKey.REPORT_TYPE) != ReportType.FINAL:
+            self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
+        if result.get(ReportKey.REPORT_TYPE) in (ReportType.EVAL, ReportType.FINAL):
+            acc = result.get(HELD_OUT_ACCURACY, math.nan)
+            ending = " -> finished training" if result.get(ReportKey.FINAL) else ""
             self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}{ending}")
 
     # -- end of sweep ---------------------------------------------------------------------------------------------
@@ -312,7 +318,7 @@ class MLflowTracker(Callback):
         Args:
             trial_id: Tune trial id.
             config: The trial's Tune config.
-            status: ``completed``, ``pruned``, ``diverged`` or ``errored``.
+            status: A :class:`~trainers.protocol.TrialStatus` value (also the run's ``verdict`` tag).
             summary: Flat final values (reason, steps, held-out accuracy, MT-Bench...).
         """
         self._submit(
@@ -327,9 +333,9 @@ class MLflowTracker(Callback):
         )
 
     def _finish(self, trial_id: str, config: dict, status: str, summary: Mapping[str, Any], timestamp: int) -> None:
-        run_status = {"errored": RunStatus.FAILED, "pruned": RunStatus.KILLED}.get(status, RunStatus.FINISHED)
+        run_status = RunStatus.from_string(TrialStatus(status).mlflow_run_status)
         run_id = self._ensure_trial_run(trial_id, config)
-        tags = [RunTag("dlrml.status", status)]
+        tags = [RunTag("dlrml.status", status), RunTag("verdict", status)]
         tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not _is_number(v)]
         metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if _is_number(v)]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
@@ -388,7 +394,15 @@ def _is_number(value: Any) -> bool:
 
 
 _NOT_METRICS = frozenset(
-    {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_iteration", "iterations_since_restore"}
+    {
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "pid",
+        "training_iteration",
+        "iterations_since_restore",
+        *BOOKKEEPING_KEYS,
+    }
 )
 
 

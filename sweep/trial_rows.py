@@ -10,17 +10,20 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from trainers.collapse import DivergenceConfig, DivergenceMonitor, Verdict
-from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType, TrialStatus
+from trainers.verdicts import BehaviourVerdict, VerdictConfig, judge_behaviour
 
 
 def trial_label(trial: Mapping[str, Any]) -> str:
-    """Human-readable trial name, e.g. ``dlrml bkl=0.05 bmix=0.2 seed=0``."""
+    """Human-readable trial name, e.g. ``dlrml bkl=0.05 bmix=0.2 seed=0`` (``dlrml[literal] ...`` for that form)."""
     loss = trial["loss"]
+    form = f"[{loss['form']}]" if loss.get("form", "stable") != "stable" else ""
     mix = f" bmix={loss['beta_mix']:g}" if loss.get("beta_mix") is not None else ""
-    return f"{loss['name']} bkl={loss['beta_kl']:g}{mix} seed={trial['seed']}"
+    return f"{loss['name']}{form} bkl={loss['beta_kl']:g}{mix} seed={trial['seed']}"
 
 
 def replay_verdict(history: pd.DataFrame | None, divergence: DivergenceConfig) -> Verdict:
@@ -41,16 +44,40 @@ def replay_verdict(history: pd.DataFrame | None, divergence: DivergenceConfig) -
     return monitor.final()
 
 
+def replay_behaviour(
+    history: pd.DataFrame | None, last: Mapping[str, Any], verdicts: VerdictConfig
+) -> BehaviourVerdict | None:
+    """The behavioural verdict of a trial from its reported held-out evaluations, as the trial itself judged it.
+
+    Args:
+        history: The trial's reports (Tune's ``metrics_dataframe``), or ``None``.
+        last: Its last result; the final report carries the number of held-out pairs.
+        verdicts: The sweep's verdict thresholds.
+    """
+    if history is None or HELD_OUT_ACCURACY not in history or ReportKey.STEP not in history:
+        return None
+    evals = history[history[HELD_OUT_ACCURACY].notna()]
+    if ReportKey.REPORT_TYPE in evals:
+        # The final report repeats the last evaluation: read the evaluations themselves when there are any.
+        kinds = evals[ReportKey.REPORT_TYPE]
+        wanted = kinds == ReportType.EVAL if (kinds == ReportType.EVAL).any() else kinds != ReportType.TRAIN
+        evals = evals[wanted]
+    records = evals.sort_values(ReportKey.STEP, kind="stable").to_dict("records")
+    return judge_behaviour(records, int(last.get(ReportKey.EVAL_PAIRS, 0) or 0), verdicts)
+
+
 def trial_status(
-    verdict: Verdict, last: Mapping[str, Any], error: BaseException | None
+    verdict: Verdict, behaviour: BehaviourVerdict | None, last: Mapping[str, Any], error: BaseException | None
 ) -> tuple[TrialStatus, str | None]:
     """A trial's status and the reason for it.
 
     An error wins (the trial never finished); then a divergence (a verdict even if ASHA stopped the trial at the
-    same step); then the final report; a trial that ended without any of these was stopped by ASHA.
+    same step); then, for a trial with its final report, its behavioural verdict; a trial that ended without any
+    of these was stopped by ASHA.
 
     Args:
         verdict: From :func:`replay_verdict`.
+        behaviour: From :func:`replay_behaviour`.
         last: The trial's last reported result.
         error: The error Tune recorded for it, if any.
     """
@@ -60,7 +87,10 @@ def trial_status(
         kind = f" ({verdict.kind})" if verdict.kind else ""
         return TrialStatus.DIVERGED, f"{verdict.reason}{kind}"
     if last.get(ReportKey.FINAL):
-        return TrialStatus.COMPLETED, None
+        if behaviour is None:
+            return TrialStatus.COLLAPSED, "no finite held-out accuracy"
+        reason = f"{behaviour.reason}: {behaviour.evidence.describe()}" if behaviour.evidence else None
+        return TrialStatus(behaviour.status), reason
     return TrialStatus.PRUNED, f"asha at step {_steps(last)}"
 
 
@@ -72,6 +102,7 @@ def trial_row(
     *,
     trial_id: str,
     divergence: DivergenceConfig,
+    verdicts: VerdictConfig,
     attempts: int,
 ) -> dict[str, Any]:
     """One row of ``trials.csv`` (plus the trial's ``config``) for a finished Tune trial.
@@ -83,25 +114,51 @@ def trial_row(
         error: Its error, if it failed.
         trial_id: Tune's trial id.
         divergence: The sweep's divergence thresholds.
+        verdicts: The sweep's verdict thresholds.
         attempts: How many times the trial was started.
     """
     last = last or {}
     trial, loss = config["trial"], config["trial"]["loss"]
     verdict = replay_verdict(history, divergence)
-    status, reason = trial_status(verdict, last, error)
+    status, reason = trial_status(verdict, replay_behaviour(history, last, verdicts), last, error)
     return {
         "trial_id": trial_id,
         "loss": loss["name"],
+        "form": loss.get("form", "stable"),
         "beta_kl": loss["beta_kl"],
         "beta_mix": loss["beta_mix"] if loss["beta_mix"] is not None else math.nan,
         "seed": trial["seed"],
         "status": status.value,
         "reason": reason,
         "diverged_step": verdict.step if verdict.diverged else math.nan,
+        "divergence_kind": verdict.kind if verdict.diverged else None,
         "steps": _steps(last),
         "attempts": attempts,
         "eval_accuracy": _last_value(history, HELD_OUT_ACCURACY),
+        **training_statistics(history),
         "config": config,
+    }
+
+
+def training_statistics(history: pd.DataFrame | None) -> dict[str, float]:
+    """Per-trial statistics of its training steps: how many had a non-finite loss or gradient, and the largest and
+    95th-percentile (pre-clip) gradient norm over the finite ones (the proposal's "safe range" of gradient norms)."""
+    nan = {"nan_inf_steps": 0, "grad_norm_max": math.nan, "grad_norm_p95": math.nan}
+    if history is None or ReportKey.STEP not in history:
+        return nan
+    steps = history[history[ReportKey.REPORT_TYPE] == ReportType.TRAIN] if ReportKey.REPORT_TYPE in history else history
+    flagged = pd.Series(False, index=steps.index)
+    for column in (Metric.NAN_INF_LOSS, Metric.NAN_INF_GRAD):
+        if column in steps:
+            flagged |= steps[column].fillna(0) > 0
+    if Metric.LOSS in steps:
+        flagged |= ~np.isfinite(steps[Metric.LOSS].astype(float))
+    norms = steps[Metric.GRAD_NORM].astype(float) if Metric.GRAD_NORM in steps else pd.Series(dtype=float)
+    norms = norms[np.isfinite(norms)]
+    return {
+        "nan_inf_steps": int(flagged.sum()),
+        "grad_norm_max": float(norms.max()) if len(norms) else math.nan,
+        "grad_norm_p95": float(norms.quantile(0.95)) if len(norms) else math.nan,
     }
 
 

@@ -18,7 +18,7 @@ PACKAGES = ("trainers", "sweep", "evaluation")
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("trainers.protocol", "trainers.typed_config", "trainers.typed_config.*"),
     ("trainers.losses",),
-    ("trainers.collapse",),
+    ("trainers.collapse", "trainers.verdicts"),
     ("trainers.config", "evaluation.config", "sweep.config"),
     (
         "trainers.atomic_dir",

@@ -247,3 +247,60 @@ def test_mix_statistics():
     stats = mix_statistics(torch.tensor(mix))
     assert stats["mix/mean"].item() == pytest.approx(sum(mix) / 4)
     assert stats["mix/saturated_frac"].item() == 2 / 4
+
+
+# ---------------------------------------------------------------------------------------------- loss forms
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_literal_form_overflows_to_nan_where_the_stable_form_matches_float64(dtype):
+    """beta = 1 (DiscoPOP), rho = -100: -z = 100 > ~88.7 = log(max fp32/bf16), so exp(-z) = inf, while
+    a = beta * rho / tau = -2000 gives m = sigmoid(a) = 0 exactly: the literal m * exp(-z) is 0 * inf = NaN.
+    The true loss is finite: (1 - m) softplus(100) + exp(log sigma(-2000) + 100) ~ 100 (the second term ~e^-1900),
+    which the stable form returns, equal to the float64 evaluation of the stable expression."""
+    rho = torch.tensor([-100.0, 0.5, 3.0])
+    zeros = torch.zeros(3)
+    literal = discopop_loss(
+        rho.to(dtype), zeros.to(dtype), zeros.to(dtype), zeros.to(dtype), beta_kl=1.0, form="literal"
+    )
+    stable = discopop_loss(rho.to(dtype), zeros.to(dtype), zeros.to(dtype), zeros.to(dtype), beta_kl=1.0)
+    reference = discopop_loss(rho.double(), zeros.double(), zeros.double(), zeros.double(), beta_kl=1.0)
+    assert torch.isnan(literal.losses[0]) and torch.isfinite(stable.losses).all()
+    rtol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(stable.losses.double(), reference.losses, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", ["discopop", "dlrml", "dlrml_learnable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_forms_agree_wherever_the_literal_one_is_finite(name, dtype):
+    rho = torch.linspace(-60, 60, 241, dtype=torch.float64)
+    zeros = torch.zeros_like(rho)
+    batch = [t.to(dtype) for t in (rho, zeros, zeros, zeros)]
+    hparams = {"beta_kl": 0.8, "beta_mix": 0.3}
+    literal = compute_loss(name, *batch, **hparams, form="literal").losses
+    stable = compute_loss(name, *batch, **hparams, form="stable").losses
+    finite = torch.isfinite(literal)
+    assert finite.any()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(literal[finite].double(), stable[finite].double(), rtol=tol, atol=tol)
+
+
+def test_literal_form_matches_trl_discopop_expression():
+    """TRL 1.16 ``discopop``: logits = beta * rho, m = sigmoid(logits / tau),
+    L = -logsigmoid(logits) * (1 - m) + exp(-logits) * m: the literal form, term for term."""
+    beta, tau = 0.5, 0.05
+    logits = beta * RHO
+    m = torch.sigmoid(logits / tau)
+    expected = -torch.nn.functional.logsigmoid(logits) * (1 - m) + torch.exp(-logits) * m
+    out = discopop_loss(PI_C, PI_R, REF_C, REF_R, beta_kl=beta, tau=tau, form="literal")
+    torch.testing.assert_close(out.losses, expected)
+
+
+def test_literal_overflow_is_classified_numerical():
+    """The classifier evaluates the stable form in float64: the literal form's NaN at rho = -100 is numerical."""
+    from trainers.collapse import classify_non_finite
+
+    logps = (torch.tensor([-100.0]), torch.zeros(1), torch.zeros(1), torch.zeros(1))
+    hparams = {"beta_kl": 1.0, "tau": 0.05, "form": "literal"}
+    assert torch.isnan(compute_loss("discopop", *logps, **hparams).losses).all()
+    assert classify_non_finite(get_loss("discopop"), hparams, logps, check_grad=True) == "numerical"

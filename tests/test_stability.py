@@ -11,9 +11,11 @@ import pytest
 from matplotlib import image as mpimg
 
 from sweep.cells_table import format_beta, format_cells_table
+from sweep.confidence import wilson_interval
 from sweep.heatmap_grid import heatmap_labels
 from sweep.stability import StabilityMap, write_stability_map
-from sweep.stability_cells import CELL_COLUMNS, aggregate_cells, validate_trials
+from sweep.stability_cells import CELL_COLUMNS, aggregate_cells, cell_verdict, validate_trials
+from trainers.protocol import TrialStatus
 
 NAN = math.nan
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,29 +44,29 @@ def _trial(trial_id, loss, beta_kl, beta_mix, seed, status, *, acc=NAN, step=NAN
 def _sweep_frame() -> pd.DataFrame:
     """Five cells over three losses; the expectations below are computed by hand from these rows.
 
-    * dlrml (0.1, 0.05): completed 0.60, diverged @40, completed 0.70 -> collapse 1/3, div step 40, acc 0.65.
-    * dlrml (0.1, 0.5): completed 0.62, pruned 0.55, errored -> collapse 0/1, acc mean = median = 0.585.
-    * dpo (0.1, NaN): completed 0.60 (MT 6.0), completed 0.64, diverged @100, diverged @300
+    * dlrml (0.1, 0.05): stable 0.60, diverged @40, stable 0.70 -> collapse 1/3, div step 40, acc 0.65.
+    * dlrml (0.1, 0.5): stable 0.62, pruned 0.55, errored -> collapse 0/1, acc mean = median = 0.585.
+    * dpo (0.1, NaN): stable 0.60 (MT 6.0), stable 0.64, diverged @100, diverged @300
       -> collapse 2/4, div step median 200, acc 0.62, MT-Bench 6.0 from one scored trial.
     * dpo (0.5, NaN): errored, errored -> no verdict, never stable.
-    * ipo (0.1, NaN): completed 0.58 (MT 5.0), completed 0.62 (MT 7.0), diverged without a recorded step
+    * ipo (0.1, NaN): stable 0.58 (MT 5.0), stable 0.62 (MT 7.0), diverged without a recorded step
       after 75 steps -> collapse 1/3, div step 75, MT-Bench 6.0 from two scored trials.
     """
     rows = [
-        _trial("a0", "dlrml", 0.1, 0.05, 0, "completed", acc=0.60),
+        _trial("a0", "dlrml", 0.1, 0.05, 0, "stable", acc=0.60),
         _trial("a1", "dlrml", 0.1, 0.05, 1, "diverged", step=40, steps=40),
-        _trial("a2", "dlrml", 0.1, 0.05, 2, "completed", acc=0.70),
-        _trial("b0", "dlrml", 0.1, 0.5, 0, "completed", acc=0.62),
+        _trial("a2", "dlrml", 0.1, 0.05, 2, "stable", acc=0.70),
+        _trial("b0", "dlrml", 0.1, 0.5, 0, "stable", acc=0.62),
         _trial("b1", "dlrml", 0.1, 0.5, 1, "pruned", acc=0.55, steps=50),
         _trial("b2", "dlrml", 0.1, 0.5, 2, "errored", steps=0),
-        _trial("c0", "dpo", 0.1, NAN, 0, "completed", acc=0.60, mt=6.0),
-        _trial("c1", "dpo", 0.1, NAN, 1, "completed", acc=0.64),
+        _trial("c0", "dpo", 0.1, NAN, 0, "stable", acc=0.60, mt=6.0),
+        _trial("c1", "dpo", 0.1, NAN, 1, "stable", acc=0.64),
         _trial("c2", "dpo", 0.1, NAN, 2, "diverged", step=100, steps=100),
         _trial("c3", "dpo", 0.1, NAN, 3, "diverged", step=300, steps=300),
         _trial("d0", "dpo", 0.5, NAN, 0, "errored", steps=0),
         _trial("d1", "dpo", 0.5, NAN, 1, "errored", steps=0),
-        _trial("e0", "ipo", 0.1, NAN, 0, "completed", acc=0.58, mt=5.0),
-        _trial("e1", "ipo", 0.1, NAN, 1, "completed", acc=0.62, mt=7.0),
+        _trial("e0", "ipo", 0.1, NAN, 0, "stable", acc=0.58, mt=5.0),
+        _trial("e1", "ipo", 0.1, NAN, 1, "stable", acc=0.62, mt=7.0),
         _trial("e2", "ipo", 0.1, NAN, 2, "diverged", steps=75),
     ]
     return pd.DataFrame(rows)
@@ -94,17 +96,17 @@ def test_one_row_per_cell_sorted_with_nan_beta_mix_kept(cells):
     assert cells["n_trials"].sum() == len(_sweep_frame())
 
 
-def test_collapse_rate_across_seeds(cells):
+def test_failure_rate_across_seeds(cells):
     cell = _cell(cells, "dlrml", 0.1, 0.05)
-    assert (cell["n_trials"], cell["n_diverged"], cell["n_completed"], cell["n_verdict"]) == (3, 1, 2, 3)
-    assert cell["collapse_rate"] == pytest.approx(1 / 3)
-    assert _cell(cells, "dpo", 0.1, NAN)["collapse_rate"] == pytest.approx(0.5)
+    assert (cell["n_trials"], cell["n_diverged"], cell["n_stable"], cell["n_verdict"]) == (3, 1, 2, 3)
+    assert cell["failure_rate"] == pytest.approx(1 / 3)
+    assert _cell(cells, "dpo", 0.1, NAN)["failure_rate"] == pytest.approx(0.5)
 
 
 def test_errored_and_pruned_carry_no_verdict(cells):
     cell = _cell(cells, "dlrml", 0.1, 0.5)
     assert (cell["n_trials"], cell["n_errored"], cell["n_pruned"], cell["n_verdict"]) == (3, 1, 1, 1)
-    assert cell["collapse_rate"] == 0.0
+    assert cell["failure_rate"] == 0.0
     assert bool(cell["stable"]) is True
     # Pruned accuracy counts, errored has none: mean and median of (0.62, 0.55).
     assert cell["eval_accuracy_mean"] == pytest.approx(0.585)
@@ -124,16 +126,16 @@ def test_a_cell_whose_trials_were_all_pruned_is_not_called_stable():
     )
     pruned_only, mixed = (_cell(aggregate_cells(frame), "dpo", beta, NAN) for beta in (50.0, 500.0))
     assert (pruned_only["n_pruned"], pruned_only["n_verdict"]) == (2, 0)
-    assert math.isnan(pruned_only["collapse_rate"]) and not pruned_only["stable"]
+    assert math.isnan(pruned_only["failure_rate"]) and not pruned_only["stable"]
     assert pruned_only["eval_accuracy_mean"] == pytest.approx(0.425)  # what ASHA ranked them on is still shown
-    assert (mixed["n_verdict"], mixed["collapse_rate"], bool(mixed["stable"])) == (1, 1.0, False)
+    assert (mixed["n_verdict"], mixed["failure_rate"], bool(mixed["stable"])) == (1, 1.0, False)
 
 
 def test_errored_only_cell_has_no_verdict_and_is_not_stable():
     cell = _cell(aggregate_cells(_sweep_frame(), stable_threshold=1.0), "dpo", 0.5, NAN)
     assert cell["n_errored"] == 2
     assert cell["n_verdict"] == 0
-    assert math.isnan(cell["collapse_rate"])
+    assert math.isnan(cell["failure_rate"])
     assert bool(cell["stable"]) is False
 
 
@@ -237,19 +239,19 @@ def test_format_cells_table(cells):
     table = format_cells_table(cells)
     lines = table.splitlines()
     assert len(lines) == 2 + len(cells)
-    assert lines[0].split()[:3] == ["loss", "beta_kl", "beta_mix"]
+    assert lines[0].split()[:4] == ["loss", "form", "beta_kl", "beta_mix"]
     dlrml = lines[2].split()
-    assert dlrml[:3] == ["dlrml", "0.1", "0.05"]
-    assert "0.33 (1/3)" in lines[2]
-    assert lines[2].endswith("no")
-    assert lines[3].endswith("yes")
+    assert dlrml[:6] == ["dlrml", "stable", "0.1", "0.05", "3", "2/0/0/1"]
+    low, high = wilson_interval(1, 3)
+    assert f"0.33 [{low:.2f}, {high:.2f}]" in lines[2]
+    assert lines[2].endswith("diverged")
+    assert lines[3].endswith("stable")
     errored_only = lines[5].split()
-    assert errored_only[:3] == ["dpo", "0.5", "none"]
-    assert "- (0/0)" in lines[5]
-    assert lines[5].endswith("?")  # no verdict: neither stable nor unstable
+    assert errored_only[:4] == ["dpo", "stable", "0.5", "none"]
+    assert lines[5].endswith("? (no verdict)")  # neither stable nor unstable
     assert format_cells_table(cells.iloc[:0]) == "(no cells)"
-    with pytest.raises(ValueError, match="collapse_rate"):
-        format_cells_table(cells.drop(columns=["collapse_rate"]))
+    with pytest.raises(ValueError, match="failure_rate"):
+        format_cells_table(cells.drop(columns=["failure_rate"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -296,7 +298,7 @@ def test_tables_round_trip(stability_map):
     csv_cells = pd.read_csv(out / "cells.csv")
     assert len(csv_cells) == 5
     assert csv_cells["beta_mix"].isna().sum() == 3
-    assert csv_cells["collapse_rate"].iloc[0] == pytest.approx(1 / 3)
+    assert csv_cells["failure_rate"].iloc[0] == pytest.approx(1 / 3)
 
 
 def test_score_figure_has_mt_bench_panel_only_when_scored(stability_map):
@@ -338,7 +340,7 @@ def test_heatmap_labels_say_why_a_cell_has_no_verdict(tmp_path):
             _trial("e0", "dlrml", 0.2, 0.05, 0, "errored", steps=0),
             _trial("m0", "dlrml", 0.1, 0.5, 0, "pruned", acc=0.50, steps=2),
             _trial("m1", "dlrml", 0.1, 0.5, 1, "errored", steps=0),
-            _trial("c0", "dpo", 0.1, NAN, 0, "completed", acc=0.60),
+            _trial("c0", "dpo", 0.1, NAN, 0, "stable", acc=0.60),
             _trial("c1", "dpo", 0.1, NAN, 1, "diverged", step=5, steps=5),
             _trial("q0", "dpo", 0.2, NAN, 0, "pruned", acc=0.70, steps=2),
         ]
@@ -347,9 +349,45 @@ def test_heatmap_labels_say_why_a_cell_has_no_verdict(tmp_path):
     # Rows are beta_mix (0.05, 0.5), columns beta_kl (0.1, 0.2); dlrml has no (0.2, 0.5) cell.
     assert heatmap_labels(cells, "dlrml") == [["pruned", "err"], ["n/a", ""]]
     assert heatmap_labels(cells, "dlrml", detailed=True) == [["all\npruned", "all\nerrored"], ["no\nverdict", ""]]
-    assert heatmap_labels(cells, "dpo", detailed=True) == [["0.50\n1/2", "all\npruned"]]
+    assert heatmap_labels(cells, "dpo", detailed=True) == [["0.50\n1/2\ndiverged", "all\npruned"]]
     # Pruned trials still have the accuracy ASHA ranked them on; errored ones have none.
     assert heatmap_labels(cells, "dlrml", "accuracy") == [["0.45", "n/a"], ["0.50", ""]]
     # And the figures with such cells are drawn.
     stability_map = write_stability_map(frame, tmp_path)
     assert stability_map.figure("collapse_dlrml.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_forms_are_separate_cells_and_separate_map_series():
+    frame = pd.DataFrame(
+        [
+            {**_trial("s0", "discopop", 1.0, NAN, 0, "stable", acc=0.8), "form": "stable"},
+            {**_trial("l0", "discopop", 1.0, NAN, 0, "diverged", step=3, steps=3), "form": "literal"},
+        ]
+    )
+    cells = aggregate_cells(frame)
+    assert list(zip(cells["form"], cells["verdict"], strict=True)) == [("literal", "diverged"), ("stable", "stable")]
+    assert heatmap_labels(cells, "discopop") == [["0.00"]]
+    assert heatmap_labels(cells, "discopop[literal]") == [["1.00"]]
+
+
+def test_stalled_and_collapsed_count_as_failures_and_name_the_cell():
+    """Seeds: stable, stalled, stalled, collapsed -> 3 of 4 failed; the most frequent failure names the cell;
+    the interval is Wilson's for 3/4."""
+    rows = [
+        _trial("a", "dlrml", 0.05, 0.2, 0, "stable", acc=0.8),
+        _trial("b", "dlrml", 0.05, 0.2, 1, "stalled", acc=0.55),
+        _trial("c", "dlrml", 0.05, 0.2, 2, "stalled", acc=0.5),
+        _trial("d", "dlrml", 0.05, 0.2, 3, "collapsed", acc=0.45),
+    ]
+    cell = aggregate_cells(pd.DataFrame(rows)).iloc[0]
+    assert (cell["n_stable"], cell["n_stalled"], cell["n_collapsed"], cell["n_verdict"]) == (1, 2, 1, 4)
+    assert cell["failure_rate"] == 0.75 and cell["verdict"] == "stalled" and not cell["stable"]
+    assert (cell["failure_low"], cell["failure_high"]) == pytest.approx(wilson_interval(3, 4))
+    accs = [0.8, 0.55, 0.5, 0.45]
+    assert cell["eval_accuracy_std"] == pytest.approx(pd.Series(accs).std(ddof=1))
+
+
+def test_a_tie_between_failures_names_the_most_severe():
+    counts = {TrialStatus.STALLED: 1, TrialStatus.DIVERGED: 1, TrialStatus.STABLE: 2}
+    assert cell_verdict(counts) == "diverged"
+    assert cell_verdict({TrialStatus.PRUNED: 2}) == "undetermined"

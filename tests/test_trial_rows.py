@@ -10,8 +10,12 @@ import pytest
 from sweep.trial_rows import replay_verdict, trial_label, trial_row, trial_status
 from trainers.collapse import DivergenceConfig
 from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.verdicts import VerdictConfig
 
 DIVERGENCE = DivergenceConfig(grace_steps=1)
+VERDICTS = VerdictConfig(stall_z=2.0)
+N_PAIRS = 16
+"""Held-out pairs: learning needs an accuracy above 0.5 + 2 * sqrt(0.25 / 16) = 0.75."""
 CONFIG = {"trial": {"loss": {"name": "dlrml", "beta_kl": 0.05, "beta_mix": 0.2}, "seed": 1}}
 
 
@@ -28,6 +32,7 @@ def final(step: int, accuracy: float) -> dict[str, float]:
         ReportKey.STEP: step,
         ReportKey.REPORT_TYPE: ReportType.FINAL,
         ReportKey.FINAL: 1,
+        ReportKey.EVAL_PAIRS: N_PAIRS,
         "loss": 0.6,
         HELD_OUT_ACCURACY: accuracy,
     }
@@ -36,14 +41,34 @@ def final(step: int, accuracy: float) -> dict[str, float]:
 def row(reports: list[dict[str, float]], error: BaseException | None = None) -> dict:
     history = pd.DataFrame([{str(k): v for k, v in r.items()} for r in reports]) if reports else None
     last = {str(k): v for k, v in reports[-1].items()} if reports else {}
-    return trial_row(CONFIG, history, last, error, trial_id="t0", divergence=DIVERGENCE, attempts=1)
+    return trial_row(CONFIG, history, last, error, trial_id="t0", divergence=DIVERGENCE, verdicts=VERDICTS, attempts=1)
 
 
-def test_a_trial_with_its_final_report_completed():
-    out = row([train(1), train(2), held_out(2, 0.6), train(3), train(4), held_out(4, 0.75), final(4, 0.75)])
-    assert out["status"] == TrialStatus.COMPLETED and out["reason"] is None
-    assert out["steps"] == 4 and out["eval_accuracy"] == 0.75 and math.isnan(out["diverged_step"])
-    assert (out["loss"], out["beta_kl"], out["beta_mix"], out["seed"]) == ("dlrml", 0.05, 0.2, 1)
+def test_a_trial_that_learned_beyond_noise_is_stable():
+    out = row([train(1), train(2), held_out(2, 0.6), train(3), train(4), held_out(4, 0.8125), final(4, 0.8125)])
+    assert out["status"] == TrialStatus.STABLE and out["reason"] is None
+    assert out["steps"] == 4 and out["eval_accuracy"] == 0.8125 and math.isnan(out["diverged_step"])
+    assert (out["loss"], out["form"], out["beta_kl"], out["beta_mix"], out["seed"]) == ("dlrml", "stable", 0.05, 0.2, 1)
+    assert out["nan_inf_steps"] == 0 and out["grad_norm_max"] == 1.0
+
+
+def test_a_trial_at_chance_within_noise_stalled():
+    """0.75 is exactly the noise bound 0.5 + 2 * 0.125 over 16 pairs: not above it, so no learning is shown."""
+    out = row([train(1), held_out(1, 0.5625), train(2), held_out(2, 0.75), final(2, 0.75)])
+    assert out["status"] == TrialStatus.STALLED
+    assert out["reason"].startswith("no_learning: eval_rewards/accuracies=0.75 vs 0.75 at step 2")
+
+
+def test_a_trial_that_learned_then_fell_back_to_chance_collapsed():
+    out = row([train(1), held_out(1, 0.875), train(2), held_out(2, 0.5), final(2, 0.5)])
+    assert out["status"] == TrialStatus.COLLAPSED and out["reason"].startswith("accuracy_back_to_chance")
+
+
+def test_likelihood_collapse_is_read_from_the_held_out_per_token_drift():
+    collapsed = {**held_out(2, 0.875), "eval_logps/chosen_drift_per_token": -2.0}
+    out = row([train(1), train(2), collapsed, final(2, 0.875)])
+    assert out["status"] == TrialStatus.COLLAPSED
+    assert out["reason"] == "likelihood_collapse: eval_logps/chosen_drift_per_token=-2 vs -1.5 at step 2"
 
 
 def test_a_trial_stopped_without_final_report_or_divergence_was_pruned():
@@ -54,17 +79,18 @@ def test_a_trial_stopped_without_final_report_or_divergence_was_pruned():
 
 
 def test_a_non_finite_loss_is_a_divergence_at_its_step_even_if_asha_also_stopped_it():
-    out = row([train(1), train(2), train(3, loss=math.nan)])
+    out = row([train(1), train(2, grad_norm=3.0), train(3, loss=math.nan)])
     assert out["status"] == TrialStatus.DIVERGED
     assert out["diverged_step"] == 3
     assert out["reason"].startswith("non_finite_loss")
+    assert out["nan_inf_steps"] == 1 and out["grad_norm_max"] == 3.0
 
 
 def test_evaluation_reports_never_count_as_divergence():
     """A NaN in an eval or final report is not a training step: only training reports feed the monitor."""
     nan_eval = {**held_out(2, math.nan), "loss": math.nan}
-    out = row([train(1), train(2), nan_eval, train(3), final(3, 0.5)])
-    assert out["status"] == TrialStatus.COMPLETED
+    out = row([train(1), train(2), nan_eval, train(3), final(3, 0.9)])
+    assert out["status"] == TrialStatus.STABLE and out["nan_inf_steps"] == 0
 
 
 def test_an_error_wins_over_everything_and_keeps_its_last_line():
@@ -86,10 +112,11 @@ def test_reports_out_of_order_are_replayed_by_step():
 
 @pytest.mark.parametrize(
     ("last", "expected"),
-    [({"final": 1}, TrialStatus.COMPLETED), ({"step": 3}, TrialStatus.PRUNED)],
+    [({"final": 1}, TrialStatus.COLLAPSED), ({"step": 3}, TrialStatus.PRUNED)],
 )
-def test_status_without_divergence_depends_only_on_the_final_report(last, expected):
-    assert trial_status(replay_verdict(None, DIVERGENCE), last, None)[0] == expected
+def test_status_without_divergence_or_evaluation(last, expected):
+    """A trial that reported its end but no finite held-out accuracy is collapsed; one that did not end, pruned."""
+    assert trial_status(replay_verdict(None, DIVERGENCE), None, last, None)[0] == expected
 
 
 def test_trial_label_names_loss_betas_and_seed():
@@ -99,6 +126,7 @@ def test_trial_label_names_loss_betas_and_seed():
 
 @pytest.mark.parametrize("status", list(TrialStatus))
 def test_status_properties(status):
-    assert status.has_verdict == (status in (TrialStatus.COMPLETED, TrialStatus.DIVERGED))
-    assert status.is_failure == (status is TrialStatus.DIVERGED)
+    assert status.has_verdict == (status not in (TrialStatus.PRUNED, TrialStatus.ERRORED))
+    assert status.is_failure == (status in (TrialStatus.STALLED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED))
+    assert status.trained_to_end == (status in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED))
     assert status.mlflow_run_status in ("FINISHED", "FAILED", "KILLED")

@@ -162,7 +162,7 @@ class DivergenceMonitor:
 
 def classify_non_finite(
     spec: LossSpec,
-    hparams: Mapping[str, float],
+    hparams: Mapping[str, float | str],
     logps: tuple[torch.Tensor, ...],
     *,
     check_grad: bool,
@@ -192,7 +192,9 @@ def classify_non_finite(
     pi_c.requires_grad_(check_grad)
     pi_r.requires_grad_(check_grad)
     with torch.enable_grad():
-        losses = compute_loss(spec.name, pi_c, pi_r, ref_c, ref_r, **{k: float(v) for k, v in hparams.items()}).losses
+        # The true value is the stable form's, in float64, whichever form the trial trains with.
+        numeric = {k: float(v) for k, v in hparams.items() if k != "form"}
+        losses = compute_loss(spec.name, pi_c, pi_r, ref_c, ref_r, **numeric, form="stable").losses
         if not representable(losses):
             return "genuine"
         if check_grad:

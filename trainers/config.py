@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from trainers.collapse import DivergenceConfig
-from trainers.losses import DISCOPOP_TAU, LOSSES, get_loss
+from trainers.losses import DISCOPOP_TAU, LOSSES, LossForm, get_loss
 from trainers.typed_config import ConfigError, build, option, validate
+from trainers.verdicts import VerdictConfig
 
 Precision = Literal["fp32", "bf16"]
 BadRowPolicy = Literal["error", "drop"]
@@ -34,12 +35,19 @@ class LossConfig:
         "(it is dropped for the others so that a sweep never duplicates trials over it).",
     )
     tau: float = option(DISCOPOP_TAU, gt=0, help="LRML mixing temperature.")
+    form: LossForm = option(
+        "stable",
+        help="How an LRML-family loss is evaluated: ``stable`` (log space) or ``literal`` (the published expression "
+        "as written, which overflows to NaN at large beta). Other losses have one form (``stable``).",
+    )
     beta_mix_lr: float = option(1e-2, gt=0, help="Learning rate of ``log(beta_mix)`` for ``dlrml_learnable``.")
 
     def __post_init__(self) -> None:
         spec = LOSSES.get(self.name) if isinstance(self.name, str) else None
         if spec is not None and not spec.uses_beta_mix:
             self.beta_mix = None
+        if spec is not None and not spec.has_forms:
+            self.form = "stable"
         validate(self)
 
     def _check(self) -> None:
@@ -50,9 +58,9 @@ class LossConfig:
         if spec.uses_beta_mix and self.beta_mix is None:
             raise ConfigError(f"is needed by loss {self.name!r}", "beta_mix")
 
-    def hparams(self) -> dict[str, float]:
+    def hparams(self) -> dict[str, float | str]:
         """The keyword hyper-parameters the loss function takes (``beta_mix`` only where it applies)."""
-        values = {"beta_kl": self.beta_kl, "beta_mix": self.beta_mix, "tau": self.tau}
+        values = {"beta_kl": self.beta_kl, "beta_mix": self.beta_mix, "tau": self.tau, "form": self.form}
         return {k: v for k, v in values.items() if k in get_loss(self.name).params}
 
 
@@ -111,10 +119,15 @@ class TrainConfig:
     output_dir: str = option("outputs/trial", nonempty=True, help="Where the trial writes its final model and metrics.")
     save_model: bool = option(True, help="Save the final policy (needed for MT-Bench).")
     divergence: DivergenceConfig = option(DivergenceConfig(), help="Thresholds of the divergence monitor.")
+    verdicts: VerdictConfig = option(
+        VerdictConfig(), help="Thresholds of the stalled / collapsed verdicts of a trial that trained to the end."
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.divergence, Mapping):  # e.g. TrainConfig(**train.as_dict())
             self.divergence = build(DivergenceConfig, self.divergence, "divergence")
+        if isinstance(self.verdicts, Mapping):
+            self.verdicts = build(VerdictConfig, self.verdicts, "verdicts")
         validate(self)
 
     def _check(self) -> None:

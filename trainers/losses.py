@@ -18,16 +18,19 @@ The LRML blend is evaluated in log space so that it stays finite wherever its ma
     (1 - m) * (-log sigma(z)) = sigma(-a) * softplus(-z),     a = beta_mix * rho / tau
     m * exp(-z)               = exp(log sigma(a) - z)
 
-A naive ``sigmoid(a) * exp(-z)`` evaluates ``0 * inf = NaN`` once ``-z`` exceeds the dtype's exp range
+The published ``sigmoid(a) * exp(-z)`` evaluates ``0 * inf = NaN`` once ``-z`` exceeds the dtype's exp range
 (~88 in fp32 and bf16), although the product tends to 0; that is the *numerical* failure of DiscoPOP at
-large beta. When ``beta_kl > beta_mix / tau`` and ``rho -> -inf`` the exponent ``log sigma(a) - z`` grows
-without bound and the loss itself is infinite: a *genuine* divergence, reported as such, never clamped.
+large beta. It stays available as the ``literal`` form (:data:`LossForm`) so that a sweep can show which failures
+are numerical (gone in the ``stable`` form) and which survive the fix. When ``beta_kl > beta_mix / tau`` and
+``rho -> -inf`` the exponent ``log sigma(a) - z`` grows without bound and the loss itself is infinite: a *genuine*
+divergence, reported as such, never clamped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,13 @@ from trainers.protocol import Metric
 
 DISCOPOP_TAU = 0.05
 """Temperature of the LRML mixing sigmoid (Lu et al. 2024, Sec. 5; TRL's ``discopop_tau`` default)."""
+
+LossForm = Literal["stable", "literal"]
+"""How an LRML-family loss is evaluated: ``stable`` in log space (finite wherever the true value is), or
+``literal``: the published expression as written, in the training dtype (Lu et al. 2024's code, TRL 1.16's
+``discopop``), whose ``sigmoid(a) * exp(-z)`` is ``0 * inf = NaN`` once ``-z`` passes the dtype's exp range."""
+LOSS_FORMS: tuple[str, ...] = get_args(LossForm)
+"""The names of the loss forms (a sweep axis: ``grid.forms``)."""
 
 MIX_SATURATION_EPS = 0.01
 """A mixing coefficient within this distance of 0 or 1 counts as saturated."""
@@ -142,12 +152,14 @@ def dlrml_loss(
     beta_kl: float,
     beta_mix: float | torch.Tensor,
     tau: float = DISCOPOP_TAU,
+    form: LossForm = "stable",
 ) -> LossOutput:
     """Decoupled log-ratio modulated loss (dLRML).
 
     ``z = beta_kl * rho``, ``a = beta_mix * rho / tau``, ``m = sigma(a)`` and
     ``L = (1 - m) * (-log sigma(z)) + m * exp(-z)`` (Lu et al. 2024, Eq. 5, with the mixing sigmoid's
-    beta decoupled from the KL beta), evaluated as ``sigma(-a) * softplus(-z) + exp(log sigma(a) - z)``.
+    beta decoupled from the KL beta); the ``stable`` form evaluates it as
+    ``sigma(-a) * softplus(-z) + exp(log sigma(a) - z)``, the ``literal`` form as written.
 
     Args:
         pi_c: Policy log-prob of the chosen completions, shape ``(B,)``.
@@ -158,6 +170,7 @@ def dlrml_loss(
         beta_mix: Sharpness of the mixing coefficient; a float, or a 0-d tensor when learnable
             (gradients then flow into it).
         tau: Temperature of the mixing sigmoid.
+        form: :data:`LossForm`: ``stable`` (log space) or ``literal`` (as published).
 
     Returns:
         A :class:`LossOutput` with per-example losses ``(B,)`` and the detached mixing coefficient ``(B,)``.
@@ -165,10 +178,14 @@ def dlrml_loss(
     rho = _margin(pi_c, pi_r, ref_c, ref_r)
     z = beta_kl * rho
     a = beta_mix * rho / tau
-    logistic = torch.sigmoid(-a) * F.softplus(-z)
-    exponential = torch.exp(F.logsigmoid(a) - z)
+    m = torch.sigmoid(a)
+    if form == "literal":
+        # As published (Lu et al. 2024, Eq. 5; TRL 1.16 ``discopop``): no rewriting, so it overflows as theirs does.
+        losses = (1 - m) * (-F.logsigmoid(z)) + m * torch.exp(-z)
+    else:
+        losses = torch.sigmoid(-a) * F.softplus(-z) + torch.exp(F.logsigmoid(a) - z)
     chosen, rejected = _rewards(pi_c, pi_r, ref_c, ref_r, beta_kl)
-    return LossOutput(logistic + exponential, chosen, rejected, mix=torch.sigmoid(a).detach())
+    return LossOutput(losses, chosen, rejected, mix=m.detach())
 
 
 def discopop_loss(
@@ -179,6 +196,7 @@ def discopop_loss(
     *,
     beta_kl: float,
     tau: float = DISCOPOP_TAU,
+    form: LossForm = "stable",
 ) -> LossOutput:
     """DiscoPOP / LRML (Lu et al. 2024, Eq. 5): dLRML with the coupled ``beta_mix = beta_kl``.
 
@@ -189,11 +207,12 @@ def discopop_loss(
         ref_r: Reference log-prob of the rejected completions, shape ``(B,)``.
         beta_kl: The single beta of LRML.
         tau: Temperature of the mixing sigmoid.
+        form: :data:`LossForm`.
 
     Returns:
         A :class:`LossOutput` as :func:`dlrml_loss` returns it.
     """
-    return dlrml_loss(pi_c, pi_r, ref_c, ref_r, beta_kl=beta_kl, beta_mix=beta_kl, tau=tau)
+    return dlrml_loss(pi_c, pi_r, ref_c, ref_r, beta_kl=beta_kl, beta_mix=beta_kl, tau=tau, form=form)
 
 
 def lrml_is_genuinely_divergent(beta_kl: float, beta_mix: float, tau: float = DISCOPOP_TAU) -> bool:
@@ -233,12 +252,17 @@ class LossSpec:
         return "beta_mix" in self.params
 
     @property
+    def has_forms(self) -> bool:
+        """Whether the loss exists in both :data:`LOSS_FORMS` (a sweep grids over them)."""
+        return "form" in self.params
+
+    @property
     def is_lrml_family(self) -> bool:
         """Whether the loss has an LRML mixing coefficient to monitor."""
         return "tau" in self.params
 
 
-_LRML_DEFAULTS = {"tau": DISCOPOP_TAU}
+_LRML_DEFAULTS = {"tau": DISCOPOP_TAU, "form": "stable"}
 
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
@@ -246,12 +270,14 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("dpo", dpo_loss, ("beta_kl",), trl_loss_type="sigmoid"),
         LossSpec("ipo", ipo_loss, ("beta_kl",), logp_reduction="mean", trl_loss_type="ipo"),
         LossSpec("hinge", hinge_loss, ("beta_kl",), trl_loss_type="hinge"),
-        LossSpec("discopop", discopop_loss, ("beta_kl", "tau"), trl_loss_type="discopop", defaults=_LRML_DEFAULTS),
-        LossSpec("dlrml", dlrml_loss, ("beta_kl", "beta_mix", "tau"), defaults=_LRML_DEFAULTS),
+        LossSpec(
+            "discopop", discopop_loss, ("beta_kl", "tau", "form"), trl_loss_type="discopop", defaults=_LRML_DEFAULTS
+        ),
+        LossSpec("dlrml", dlrml_loss, ("beta_kl", "beta_mix", "tau", "form"), defaults=_LRML_DEFAULTS),
         LossSpec(
             "dlrml_learnable",
             dlrml_loss,
-            ("beta_kl", "beta_mix", "tau"),
+            ("beta_kl", "beta_mix", "tau", "form"),
             learnable=("beta_mix",),
             defaults=_LRML_DEFAULTS,
         ),
@@ -282,7 +308,7 @@ def compute_loss(
     pi_r: torch.Tensor,
     ref_c: torch.Tensor,
     ref_r: torch.Tensor,
-    **hparams: float | torch.Tensor,
+    **hparams: float | torch.Tensor | str,
 ) -> LossOutput:
     """Evaluate a registered loss, passing only the hyper-parameters it takes.
 

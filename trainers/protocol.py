@@ -28,6 +28,8 @@ class Metric(enum.StrEnum):
     """Sequence log-ratio to the reference over both completions: a cheap proxy of KL(pi || ref)."""
     LOGPS_CHOSEN_DRIFT = "logps/chosen_drift"
     """Drift of the chosen log-probs since the start (the reference is the initial policy)."""
+    LOGPS_CHOSEN_DRIFT_PER_TOKEN = "logps/chosen_drift_per_token"
+    """The same drift per completion token (nats per token): what likelihood collapse is judged on."""
     MIX_MEAN = "mix/mean"
     MIX_SATURATED_FRAC = "mix/saturated_frac"
     BETA_MIX_VALUE = "beta_mix/value"
@@ -69,6 +71,14 @@ class ReportKey(enum.StrEnum):
     """A :class:`ReportType`."""
     FINAL = "final"
     """Set to 1 on a trial's last report, which carries its verdict."""
+    EVAL_PAIRS = "eval/pairs"
+    """On the final report: held-out pairs each evaluation averaged over (the verdicts' noise level)."""
+
+
+BOOKKEEPING_KEYS: frozenset[str] = frozenset(
+    {*(key.value for key in ReportKey), "verdict/diverged", "verdict/step", "trial_id", "done", "date", "hostname"}
+)
+"""Report keys that are bookkeeping, not measurements: never logged as MLflow metrics."""
 
 
 class ReportType(enum.IntEnum):
@@ -80,26 +90,35 @@ class ReportType(enum.IntEnum):
 
 
 class TrialStatus(enum.StrEnum):
-    """How a sweep trial ended, as ``trials.csv``, the map and MLflow record it."""
+    """How a sweep trial ended, as ``trials.csv``, the map and MLflow record it (README "Verdicts")."""
 
-    COMPLETED = "completed"
-    """Trained to the end without diverging."""
-    PRUNED = "pruned"
-    """Stopped early by ASHA: it had not diverged yet, which is not a verdict."""
+    STABLE = "stable"
+    """Trained to the end and learned: held-out accuracy above chance beyond its noise, no collapse."""
+    STALLED = "stalled"
+    """Trained to the end without learning: held-out accuracy not above chance beyond its noise."""
+    COLLAPSED = "collapsed"
+    """Trained to the end without any NaN but degenerated: likelihood collapse or accuracy back at chance."""
     DIVERGED = "diverged"
     """Stopped at its first divergence (non-finite values, exploding gradient norm or loss)."""
+    PRUNED = "pruned"
+    """Stopped early by ASHA: it had not diverged yet, which is not a verdict."""
     ERRORED = "errored"
     """Crashed (after Tune's retries)."""
 
     @property
     def has_verdict(self) -> bool:
         """Whether the trial says anything about its cell's stability."""
-        return self in (TrialStatus.COMPLETED, TrialStatus.DIVERGED)
+        return self not in (TrialStatus.PRUNED, TrialStatus.ERRORED)
 
     @property
     def is_failure(self) -> bool:
-        """Whether the trial counts against its cell's stability."""
-        return self is TrialStatus.DIVERGED
+        """Whether the trial counts against its cell's stability (any verdict but ``stable``)."""
+        return self.has_verdict and self is not TrialStatus.STABLE
+
+    @property
+    def trained_to_end(self) -> bool:
+        """Whether the trial ran all its steps (so its final policy can be evaluated)."""
+        return self in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED)
 
     @property
     def mlflow_run_status(self) -> str:

@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if key in result.train_metrics:
             print(f"  {key:<22} {result.train_metrics[key]:.6g}")
     print(f"  {'held-out accuracy':<22} {result.held_out_accuracy:.4f}")
-    print(f"verdict: {result.verdict.describe()}")
+    behaviour = f" — {result.behaviour.describe()}" if result.behaviour else ""
+    print(f"verdict: {result.status} ({result.verdict.describe()}{behaviour})")
     if args.json:
         print(json.dumps({"loss": asdict(loss), **result.summary()}, default=str))
     return 0

@@ -19,9 +19,10 @@ from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData, load_preference_data
 from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
 from trainers.models import load_model, load_tokenizer
-from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey
+from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, TrialStatus
 from trainers.reference import ReferenceLogps, attach_reference_logps
 from trainers.trl_trainer import CollapseCallback, RegistryDPOTrainer
+from trainers.verdicts import BehaviourVerdict, judge_behaviour
 
 
 @dataclass
@@ -29,8 +30,11 @@ class TrialResult:
     """What one trial produced.
 
     Attributes:
-        verdict: ``stable`` or ``diverged`` with reason, step and kind.
+        verdict: The divergence verdict: ``stable`` or ``diverged`` with reason, step and kind.
         steps: Optimizer steps taken.
+        behaviour: For a trial that did not diverge, its behavioural verdict (stable / stalled / collapsed) from
+            its held-out evaluations (:func:`trainers.verdicts.judge_behaviour`).
+        eval_pairs: Held-out pairs each evaluation averaged over (after TRL dropped pairs it cannot fit).
         train_metrics: The last logged training step's metrics.
         eval_metrics: The last held-out evaluation's metrics (``eval_*`` keys), empty if none ran.
         history: Every logged dict, in order, each with its ``step``.
@@ -40,11 +44,20 @@ class TrialResult:
 
     verdict: Verdict
     steps: int
+    behaviour: BehaviourVerdict | None = None
+    eval_pairs: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     model_dir: str | None = None
     data_dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def status(self) -> TrialStatus:
+        """``diverged``, else the behavioural verdict (``collapsed`` when no evaluation had a finite accuracy)."""
+        if self.verdict.diverged:
+            return TrialStatus.DIVERGED
+        return TrialStatus(self.behaviour.status) if self.behaviour else TrialStatus.COLLAPSED
 
     @property
     def held_out_accuracy(self) -> float:
@@ -54,7 +67,10 @@ class TrialResult:
     def summary(self) -> dict[str, object]:
         """JSON-serialisable summary (no history)."""
         return {
+            "status": str(self.status),
             "verdict": self.verdict.as_dict(),
+            "behaviour": self.behaviour.as_dict() if self.behaviour else None,
+            "eval_pairs": self.eval_pairs,
             "steps": self.steps,
             "train_metrics": self.train_metrics,
             "eval_metrics": self.eval_metrics,
@@ -148,8 +164,11 @@ def run_trial(
         tokenizer.save_pretrained(model_dir)
     train_steps = [h for h in collapse.history if Metric.LOSS in h]
     evals = [h for h in collapse.history if HELD_OUT_ACCURACY in h]
+    eval_pairs = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     return TrialResult(
         verdict=verdict,
+        behaviour=None if verdict.diverged else judge_behaviour(evals, eval_pairs, train.verdicts),
+        eval_pairs=eval_pairs,
         steps=trainer.state.global_step,
         train_metrics=dict(train_steps[-1]) if train_steps else {},
         eval_metrics=dict(evals[-1]) if evals else {},

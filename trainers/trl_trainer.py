@@ -103,26 +103,30 @@ class RegistryDPOTrainer(DPOTrainer):
             loss = out.losses.mean()
         self._last_logps = tuple(t.detach() for t in (pi_c, pi_r, ref_c, ref_r))
         with record_function(PROFILE_RANGES[2]):
-            self._record_metrics(mode, logps, ref_logps, out, hparams)
+            self._record_metrics(mode, logps, ref_logps, shift_mask.sum(dim=1), out, hparams)
         if return_outputs:
             raise NotImplementedError("RegistryDPOTrainer computes no logits for compute_metrics")
         return loss
 
-    def _record_metrics(self, mode, logps, ref_logps, out, hparams) -> None:
+    def _record_metrics(self, mode, logps, ref_logps, n_tokens, out, hparams) -> None:
         """Append this batch's collapse statistics to TRL's metric buffer with a single host sync.
 
         Args:
             mode: ``"train"`` or ``"eval"``.
             logps: Policy sequence log-probs ``[chosen; rejected]``, shape ``(2B,)``.
             ref_logps: Reference sequence log-probs, shape ``(2B,)``.
+            n_tokens: Completion tokens of each sequence, shape ``(2B,)``.
             out: The loss output (per-example losses ``(B,)``, mixing coefficient ``(B,)`` or ``None``).
             hparams: The loss hyper-parameters used.
         """
         gather = self.accelerator.gather_for_metrics
-        logps, ref_logps = gather(logps.detach()), gather(ref_logps.detach())
+        # Split [chosen; rejected] *before* gathering, as TRL does: gather_for_metrics concatenates rank by rank
+        # and trims the last batch's duplicated padding per tensor, so splitting a gathered concatenation mixes
+        # ranks' halves (or fails on a trimmed odd-length tensor).
+        pi_c, pi_r = (gather(t) for t in logps.detach().chunk(2))
+        ref_c, ref_r = (gather(t) for t in ref_logps.detach().chunk(2))
+        tokens_c = gather(n_tokens.chunk(2)[0]).clamp(min=1).to(pi_c.dtype)
         losses = gather(out.losses.detach())
-        pi_c, pi_r = logps.chunk(2)
-        ref_c, ref_r = ref_logps.chunk(2)
         # TRL's implicit rewards beta * log(pi / ref) on *sequence* log-probs, also for losses fed per-token means
         # (IPO), so that rewards/* and the held-out accuracy mean the same for every loss.
         beta_kl = self.loss_config.beta_kl
@@ -136,9 +140,10 @@ class RegistryDPOTrainer(DPOTrainer):
             Metric.LOGPS_CHOSEN: pi_c.mean(),
             Metric.LOGPS_REJECTED: pi_r.mean(),
             # Sequence log-ratio to the reference over both completions: a cheap proxy of KL(pi || ref).
-            Metric.KL_REF: (logps - ref_logps).mean(),
+            Metric.KL_REF: torch.cat([pi_c - ref_c, pi_r - ref_r]).mean(),
             # The reference is the initial policy, so this is the drift of chosen log-probs since the start.
             Metric.LOGPS_CHOSEN_DRIFT: (pi_c - ref_c).mean(),
+            Metric.LOGPS_CHOSEN_DRIFT_PER_TOKEN: ((pi_c - ref_c) / tokens_c).mean(),
             Metric.NAN_INF_LOSS: (~torch.isfinite(losses)).sum().float(),
         }
         if out.mix is not None:
