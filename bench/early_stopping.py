@@ -113,13 +113,16 @@ def _best(cells: pd.DataFrame) -> list[object] | None:
     return [best["loss"], float(best["beta_kl"]), None if best["beta_mix"] < 0 else float(best["beta_mix"])]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns the exit code."""
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.max_steps < 1 or args.eval_steps < 1:
         parser.error("--seeds, --max-steps and --eval-steps must be >= 1")
-    divergence = DivergenceConfig(grace_steps=args.divergence_grace)
+    return args
+
+
+def _overrides(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """``(common, early, full)``: the grid both sweeps share, and each sweep's full override list."""
     common = [
         f"grid.losses=[{','.join(args.losses)}]",
         f"grid.beta_kl=[{','.join(f'{b:g}' for b in args.beta_kl)}]",
@@ -131,19 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not any(loss.startswith("dlrml") for loss in args.losses):
         common.append("grid.beta_mix=[]")
-    early_overrides = [
+    early = [
         *common,
         "scheduler.asha=true",
         f"scheduler.grace_period={args.grace_period}",
         f"scheduler.reduction_factor={args.reduction_factor}",
         f"train.divergence.grace_steps={args.divergence_grace}",
     ]
-    full_overrides = [*common, "scheduler.asha=false", *(f"train.divergence.{k}={v}" for k, v in NEVER.items())]
+    full = [*common, "scheduler.asha=false", *(f"train.divergence.{k}={v}" for k, v in NEVER.items())]
+    return common, early, full
 
+
+def _run_sweeps(early: list[str], full: list[str], divergence: DivergenceConfig) -> dict[str, dict[str, object]]:
+    """Run the early and the full sweep; per sweep its wall time, load average and trials (with ``diverged``)."""
     runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-early-") as tmp:
         tmp_path = Path(tmp)
-        for name, overrides in (("early", early_overrides), ("full", full_overrides)):
+        for name, overrides in (("early", early), ("full", full)):
             storage = tmp_path / name
             _, wall = run_logged(sweep_command(name, storage, overrides), tmp_path / f"{name}.log")
             trials = trials_table(storage, name)
@@ -157,8 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             runs[name] = {"wall_s": wall, "load_average": load_average(), "trials": trials}
             print(f"[{name}] sweep {wall:.1f} s (load {runs[name]['load_average']})", flush=True)
+    return runs
 
-    nominal = len(runs["full"]["trials"]) * args.max_steps
+
+def _compare(
+    runs: dict[str, dict[str, object]], max_steps: int, common: list[str]
+) -> tuple[dict[str, object], pd.DataFrame]:
+    """The JSON report (per sweep, then the comparisons) and the per-cell table of both sweeps side by side."""
+    nominal = len(runs["full"]["trials"]) * max_steps
     report: dict[str, object] = {"nominal_full_trial_steps": nominal}
     cells = {}
     for name, run in runs.items():
@@ -177,22 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     per_trial = runs["early"]["trials"].merge(runs["full"]["trials"], on=key, suffixes=("_early", "_full"))
     # A pruned trial has no verdict of its own; the others are compared with the full grid's.
     judged = per_trial[per_trial["status_early"] != TrialStatus.PRUNED]
-    same_trial_verdicts = bool((judged["diverged_early"] == judged["diverged_full"]).all())
     merged = cells["early"].merge(cells["full"], on=CELL, suffixes=("_early", "_full"))
     determined = merged[merged["verdict_early"] != "undetermined"]
-    same_cell_verdicts = bool((determined["verdict_early"] == determined["verdict_full"]).all())
-    undetermined = int((merged["verdict_early"] == "undetermined").sum())
-    same_best = report["early"]["best_cell"] == report["full"]["best_cell"]
-    fraction = report["early"]["trial_steps"] / nominal
     report.update(
-        same_trial_verdicts=same_trial_verdicts,
-        same_cell_verdicts=same_cell_verdicts,
-        undetermined_cells_early=undetermined,
-        same_best_cell=same_best,
-        early_fraction_of_full=fraction,
+        same_trial_verdicts=bool((judged["diverged_early"] == judged["diverged_full"]).all()),
+        same_cell_verdicts=bool((determined["verdict_early"] == determined["verdict_full"]).all()),
+        undetermined_cells_early=int((merged["verdict_early"] == "undetermined").sum()),
+        same_best_cell=report["early"]["best_cell"] == report["full"]["best_cell"],
+        early_fraction_of_full=report["early"]["trial_steps"] / nominal,
         grid=common,
     )
+    return report, merged
 
+
+def _print_summary(args: argparse.Namespace, report: dict[str, object], merged: pd.DataFrame) -> None:
     print()
     print(
         f"model={args.model} grid: losses={args.losses} beta_kl={args.beta_kl} seeds={args.seeds} "
@@ -211,21 +222,35 @@ def main(argv: list[str] | None = None) -> int:
             acc_text = "-" if isinstance(acc, float) and math.isnan(acc) else f"{acc:.3f}"
             cells_text.append(f"{verdict:>15} {acc_text:>6} {int(row[f'steps_{side}']):>6}")
         print(f"{label:<24} {' '.join(cells_text)}")
+    early, full = report["early"], report["full"]
     print(
-        f"trial-steps: early {report['early']['trial_steps']} / full {report['full']['trial_steps']} "
-        f"(nominal full grid {nominal}) = {fraction:.0%} of the full grid"
+        f"trial-steps: early {early['trial_steps']} / full {full['trial_steps']} "
+        f"(nominal full grid {report['nominal_full_trial_steps']}) = {report['early_fraction_of_full']:.0%} "
+        "of the full grid"
     )
     print(
-        f"same verdicts: per trial (pruned ones have none) {same_trial_verdicts}, per cell {same_cell_verdicts} "
-        f"({undetermined} cells undetermined early); "
-        f"best cell early {report['early']['best_cell']} vs full {report['full']['best_cell']}: {same_best}"
+        f"same verdicts: per trial (pruned ones have none) {report['same_trial_verdicts']}, "
+        f"per cell {report['same_cell_verdicts']} ({report['undetermined_cells_early']} cells undetermined early); "
+        f"best cell early {early['best_cell']} vs full {full['best_cell']}: {report['same_best_cell']}"
     )
-    print(f"load average: early {runs['early']['load_average']}, full {runs['full']['load_average']}")
+    print(f"load average: early {early['load_average']}, full {full['load_average']}")
 
-    out = Path(args.out)
+
+def _write_report(report: dict[str, object], path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"results: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code."""
+    args = _parse_args(argv)
+    common, early, full = _overrides(args)
+    runs = _run_sweeps(early, full, DivergenceConfig(grace_steps=args.divergence_grace))
+    report, merged = _compare(runs, args.max_steps, common)
+    _print_summary(args, report, merged)
+    _write_report(report, args.out)
     return 0
 
 

@@ -63,16 +63,17 @@ def _shared_settings(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns the exit code."""
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.trials < 1 or args.max_steps < 1:
         parser.error("--trials and --max-steps must be >= 1")
-    settings = _shared_settings(args)
-    seeds = list(range(args.trials))
-    cpus = os.cpu_count() or 1
-    overrides = [
+    return args
+
+
+def _sweep_overrides(args: argparse.Namespace, settings: dict[str, object], seeds: list[int], cpus: int) -> list[str]:
+    """The smoke sweep's overrides: ``--trials`` DPO seeds, ASHA off, every CPU for each trial."""
+    return [
         "grid.losses=[dpo]",
         "grid.beta_mix=[]",
         f"grid.beta_kl=[{settings['beta_kl']}]",
@@ -82,69 +83,96 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler.asha=false",
         f"resources.cpus_per_worker={cpus}",
     ]
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        tmp_path = Path(tmp)
-        storage = tmp_path / "storage"
-        load_before = load_average()
-        launched, sweep_wall = run_logged(sweep_command("overhead", storage, overrides), tmp_path / "sweep.log")
-        load_sweep = load_average()
-        reports = [r for r in tune_results(storage, "overhead") if r.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN]
-        if not reports:
-            raise RuntimeError(f"no training-step report in {storage / 'overhead'}")
-        first_step_s = min(r["timestamp"] for r in reports) - launched
-        log = (tmp_path / "sweep.log").read_text()
-        match = re.search(r"reference log-probs \S+ ready in ([\d.]+) s", log)
-        reference_s = float(match.group(1)) if match else None
-        statuses = trials_table(storage, "overhead")["status"].value_counts().to_dict()
 
-        standalone = []
-        for seed in seeds:
-            command = [sys.executable, "-m", "trainers.train", "--no-save", "--seed", str(seed)]
-            for key, value in settings.items():
-                command += [f"--{key.replace('_', '-')}", str(value)]
-            command += ["--output-dir", str(tmp_path / f"trial-{seed}")]
-            _, wall = run_logged(command, tmp_path / f"standalone-{seed}.log")
-            standalone.append({"seed": seed, "wall_s": wall, "load_average": load_average()})
-            print(f"[standalone seed={seed}] {wall:.1f} s (load {standalone[-1]['load_average']})", flush=True)
+
+def _run_sweep(overrides: list[str], tmp_path: Path) -> dict[str, object]:
+    """Run the sweep; its wall time, launch-to-first-step time, reference pass time, statuses and load averages."""
+    storage = tmp_path / "storage"
+    load_before = load_average()
+    launched, sweep_wall = run_logged(sweep_command("overhead", storage, overrides), tmp_path / "sweep.log")
+    load_sweep = load_average()
+    reports = [r for r in tune_results(storage, "overhead") if r.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN]
+    if not reports:
+        raise RuntimeError(f"no training-step report in {storage / 'overhead'}")
+    log = (tmp_path / "sweep.log").read_text()
+    match = re.search(r"reference log-probs \S+ ready in ([\d.]+) s", log)
+    return {
+        "sweep_wall_s": sweep_wall,
+        "first_step_s": min(r["timestamp"] for r in reports) - launched,
+        "reference_s": float(match.group(1)) if match else None,
+        "sweep_statuses": trials_table(storage, "overhead")["status"].value_counts().to_dict(),
+        "load_average_before": load_before,
+        "load_average_after_sweep": load_sweep,
+    }
+
+
+def _run_standalone(seeds: list[int], settings: dict[str, object], tmp_path: Path) -> list[dict[str, object]]:
+    """Run ``python -m trainers.train`` once per seed, one after the other; per run its seed, wall time and load."""
+    standalone = []
+    for seed in seeds:
+        command = [sys.executable, "-m", "trainers.train", "--no-save", "--seed", str(seed)]
+        for key, value in settings.items():
+            command += [f"--{key.replace('_', '-')}", str(value)]
+        command += ["--output-dir", str(tmp_path / f"trial-{seed}")]
+        _, wall = run_logged(command, tmp_path / f"standalone-{seed}.log")
+        standalone.append({"seed": seed, "wall_s": wall, "load_average": load_average()})
+        print(f"[standalone seed={seed}] {wall:.1f} s (load {standalone[-1]['load_average']})", flush=True)
+    return standalone
+
+
+def _print_summary(results: dict[str, object]) -> None:
+    load_sweep = results["load_average_after_sweep"]
+    print()
+    print(
+        f"model={results['model']} trials={results['trials']} max_steps={results['max_steps']} "
+        f"cpus/trial={results['cpus_per_trial']}"
+    )
+    print(f"{'measure':<36} {'value':>10}   load (1/5/15 min)")
+    print(f"{'sweep wall (s)':<36} {results['sweep_wall_s']:>10.1f}   {load_sweep}")
+    print(
+        f"{'sum of standalone walls (s)':<36} {results['standalone_total_s']:>10.1f}   "
+        f"{results['standalone'][-1]['load_average']}"
+    )
+    print(f"{'sweep overhead':<36} {results['overhead_fraction']:>10.1%}")
+    print(f"{'launch -> first trial step (s)':<36} {results['first_step_s']:>10.1f}   {load_sweep}")
+    if results["reference_s"] is not None:
+        print(f"{'  of which shared reference pass (s)':<36} {results['reference_s']:>10.1f}")
+    print(f"sweep trial statuses: {results['sweep_statuses']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code."""
+    args = _parse_args(argv)
+    settings = _shared_settings(args)
+    seeds = list(range(args.trials))
+    cpus = os.cpu_count() or 1
+    overrides = _sweep_overrides(args, settings, seeds, cpus)
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        sweep = _run_sweep(overrides, Path(tmp))
+        standalone = _run_standalone(seeds, settings, Path(tmp))
 
     total_standalone = sum(run["wall_s"] for run in standalone)
-    overhead = (sweep_wall - total_standalone) / total_standalone
-    print()
-    print(f"model={args.model} trials={args.trials} max_steps={args.max_steps} cpus/trial={cpus}")
-    print(f"{'measure':<36} {'value':>10}   load (1/5/15 min)")
-    print(f"{'sweep wall (s)':<36} {sweep_wall:>10.1f}   {load_sweep}")
-    print(f"{'sum of standalone walls (s)':<36} {total_standalone:>10.1f}   {standalone[-1]['load_average']}")
-    print(f"{'sweep overhead':<36} {overhead:>10.1%}")
-    print(f"{'launch -> first trial step (s)':<36} {first_step_s:>10.1f}   {load_sweep}")
-    if reference_s is not None:
-        print(f"{'  of which shared reference pass (s)':<36} {reference_s:>10.1f}")
-    print(f"sweep trial statuses: {statuses}")
-
+    results = {
+        "model": args.model,
+        "trials": args.trials,
+        "max_steps": args.max_steps,
+        "cpus_per_trial": cpus,
+        "sweep_overrides": overrides,
+        "standalone_settings": settings,
+        "sweep_wall_s": sweep["sweep_wall_s"],
+        "standalone": standalone,
+        "standalone_total_s": total_standalone,
+        "overhead_fraction": (sweep["sweep_wall_s"] - total_standalone) / total_standalone,
+        "first_step_s": sweep["first_step_s"],
+        "reference_s": sweep["reference_s"],
+        "sweep_statuses": sweep["sweep_statuses"],
+        "load_average_before": sweep["load_average_before"],
+        "load_average_after_sweep": sweep["load_average_after_sweep"],
+    }
+    _print_summary(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "trials": args.trials,
-                "max_steps": args.max_steps,
-                "cpus_per_trial": cpus,
-                "sweep_overrides": overrides,
-                "standalone_settings": settings,
-                "sweep_wall_s": sweep_wall,
-                "standalone": standalone,
-                "standalone_total_s": total_standalone,
-                "overhead_fraction": overhead,
-                "first_step_s": first_step_s,
-                "reference_s": reference_s,
-                "sweep_statuses": statuses,
-                "load_average_before": load_before,
-                "load_average_after_sweep": load_sweep,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {out}")
     return 0
 

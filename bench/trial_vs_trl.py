@@ -103,14 +103,72 @@ def _as_text(value) -> str:
     return "".join(str(message.get("content", "")) for message in value)  # conversational rows
 
 
+def _train_project(args: argparse.Namespace, train, data, timer) -> tuple[int, int | None]:
+    """Train with :func:`trainers.trial_runner.run_trial` and the precomputed reference; ``(steps, None)``."""
+    from trainers.config import LossConfig
+    from trainers.reference import ReferenceLogps
+    from trainers.trial_runner import run_trial
+
+    reference = ReferenceLogps(**json.loads(args.reference))
+    result = run_trial(train, LossConfig("dpo", beta_kl=0.1), data=data, reference=reference, callbacks=[timer])
+    return result.steps, None
+
+
+def _train_trl(args: argparse.Namespace, train, data, timer) -> tuple[int, int]:
+    """Train with a plain TRL ``DPOTrainer`` (TRL's defaults but the shared settings); ``(steps, params)``."""
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from trainers.models import load_tokenizer, resolve_model_path
+
+    config = DPOConfig(
+        output_dir=train.output_dir,
+        per_device_train_batch_size=BATCH_PAIRS,
+        max_length=MAX_LENGTH,
+        max_steps=args.steps + 1,
+        learning_rate=train.learning_rate,
+        seed=args.seed,
+        bf16=train.precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=resolve_model_path(args.model),
+        args=config,
+        train_dataset=data.train,
+        processing_class=load_tokenizer(args.model),
+        callbacks=[timer],
+    )
+    trainer.train()
+    return trainer.state.global_step, sum(p.numel() for p in trainer.model.parameters())
+
+
+def _cuda_metrics(args: argparse.Namespace, data, measured: float, params: int | None) -> dict[str, object]:
+    """Parameters, tokens/s, MFU and peak CUDA memory of a measurement that took ``measured`` seconds."""
+    import torch
+
+    from trainers.models import load_model, load_tokenizer
+
+    if params is None:
+        params = sum(p.numel() for p in load_model(args.model).parameters())
+    tokens_per_step = BATCH_PAIRS * _tokens_per_pair(load_tokenizer(args.model), data.train)
+    tokens_per_s = tokens_per_step * args.steps / measured
+    return {
+        "params": params,
+        "tokens_per_s": tokens_per_s,
+        "mfu": 6 * params * tokens_per_s / (args.peak_tflops * 1e12),
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated(),
+    }
+
+
 def _child(args: argparse.Namespace) -> dict[str, object]:
     """Run one side in this (fresh) process and return its timings."""
     import torch
 
-    from trainers.config import LossConfig
-    from trainers.models import load_tokenizer, resolve_model_path
-    from trainers.reference import ReferenceLogps, compute_reference_logps
-    from trainers.trial_runner import load_trial_data, run_trial
+    from trainers.reference import compute_reference_logps
+    from trainers.trial_runner import load_trial_data
 
     train = bench_train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)
     data = load_trial_data(train)
@@ -119,36 +177,8 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         return dataclasses.asdict(reference)
     timer = _step_timer()
     started = time.perf_counter()
-    if args.child == "project":
-        reference = ReferenceLogps(**json.loads(args.reference))
-        result = run_trial(train, LossConfig("dpo", beta_kl=0.1), data=data, reference=reference, callbacks=[timer])
-        steps, params = result.steps, None
-    else:
-        from trl import DPOConfig, DPOTrainer
-
-        config = DPOConfig(
-            output_dir=train.output_dir,
-            per_device_train_batch_size=BATCH_PAIRS,
-            max_length=MAX_LENGTH,
-            max_steps=args.steps + 1,
-            learning_rate=train.learning_rate,
-            seed=args.seed,
-            bf16=train.precision == "bf16",
-            use_cpu=not torch.cuda.is_available(),
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-        )
-        trainer = DPOTrainer(
-            model=resolve_model_path(args.model),
-            args=config,
-            train_dataset=data.train,
-            processing_class=load_tokenizer(args.model),
-            callbacks=[timer],
-        )
-        trainer.train()
-        steps = trainer.state.global_step
-        params = sum(p.numel() for p in trainer.model.parameters())
+    train_side = _train_project if args.child == "project" else _train_trl
+    steps, params = train_side(args, train, data, timer)
     total = time.perf_counter() - started
     if len(timer.ends) < args.steps + 1:
         raise RuntimeError(f"{args.child}: only {len(timer.ends)} optimizer steps ran, wanted {args.steps + 1}")
@@ -161,18 +191,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         "total_s": total,
     }
     if torch.cuda.is_available():
-        from trainers.models import load_model
-
-        if params is None:
-            params = sum(p.numel() for p in load_model(args.model).parameters())
-        tokens_per_step = BATCH_PAIRS * _tokens_per_pair(load_tokenizer(args.model), data.train)
-        tokens_per_s = tokens_per_step * args.steps / measured
-        out.update(
-            params=params,
-            tokens_per_s=tokens_per_s,
-            mfu=6 * params * tokens_per_s / (args.peak_tflops * 1e12),
-            cuda_peak_bytes=torch.cuda.max_memory_allocated(),
-        )
+        out.update(_cuda_metrics(args, data, measured, params))
     return out
 
 
@@ -227,18 +246,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark (or, with the hidden ``--child``, one measurement); returns the exit code."""
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1:
         parser.error("--repeats and --steps must be >= 1")
     if not args.peak_tflops > 0:
         parser.error("--peak-tflops must be > 0")
-    if args.child:
-        Path(args.result_file).write_text(json.dumps(_child(args)))
-        return 0
+    return args
 
+
+def _measure(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, object]]], float]:
+    """The shared reference pass once, then ``--repeats`` runs per side, alternating; ``(runs, reference_s)``."""
     runs: dict[str, list[dict[str, object]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="bench-reference-") as reference_root:
         started = time.perf_counter()
@@ -256,12 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"load {result['load_average']}",
                     flush=True,
                 )
+    return runs, reference_s
 
-    summary = {side: _median(runs[side]) for side in SIDES}
-    ratio = {
-        "steps_per_s": summary["project"]["steps_per_s"] / summary["trl"]["steps_per_s"],
-        "peak_rss": summary["project"]["peak_rss_bytes"] / summary["trl"]["peak_rss_bytes"],
-    }
+
+def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]], ratio: dict[str, float]) -> None:
     print()
     print(
         f"model={args.model} batch={BATCH_PAIRS} pairs max_length={MAX_LENGTH} steps={args.steps} "
@@ -280,26 +297,36 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"{'ratio':<8} {ratio['steps_per_s']:>14.2f}x {ratio['peak_rss']:>21.2f}x   (project / TRL)")
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with the hidden ``--child``, one measurement); returns the exit code."""
+    args = _parse_args(argv)
+    if args.child:
+        Path(args.result_file).write_text(json.dumps(_child(args)))
+        return 0
+
+    runs, reference_s = _measure(args)
+    summary = {side: _median(runs[side]) for side in SIDES}
+    ratio = {
+        "steps_per_s": summary["project"]["steps_per_s"] / summary["trl"]["steps_per_s"],
+        "peak_rss": summary["project"]["peak_rss_bytes"] / summary["trl"]["peak_rss_bytes"],
+    }
+    _print_summary(args, summary, ratio)
+    results = {
+        "model": args.model,
+        "batch_pairs": BATCH_PAIRS,
+        "max_length": MAX_LENGTH,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "reference_precompute_s": reference_s,
+        "cpu_count": os.cpu_count(),
+        "median": summary,
+        "ratio_project_over_trl": ratio,
+        "runs": runs,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "batch_pairs": BATCH_PAIRS,
-                "max_length": MAX_LENGTH,
-                "steps": args.steps,
-                "repeats": args.repeats,
-                "reference_precompute_s": reference_s,
-                "cpu_count": os.cpu_count(),
-                "median": summary,
-                "ratio_project_over_trl": ratio,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {out}")
     return 0
 

@@ -99,25 +99,8 @@ def chat_generate(
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; MT-Bench needs one")
     eos_ids = _eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    prompts: list[list[int]] = []
-    for i, messages in enumerate(conversations):
-        ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
-        if max_positions is not None and len(ids) + max_new_tokens > max_positions:
-            raise ValueError(
-                f"conversation {i}: prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} "
-                f"exceeds the model's context length of {max_positions} tokens"
-            )
-        prompts.append(ids)
-
-    sampling = temperature >= GREEDY_BELOW
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-        **({"temperature": float(temperature), "top_k": 0, "top_p": 1.0} if sampling else {}),
-    )
+    prompts = _chat_prompts(model, tokenizer, conversations, max_new_tokens)
+    gen_config = _generation_config(max_new_tokens, temperature, eos_ids, pad_id)
     device = _model_device(model)
     replies: list[str] = [""] * len(prompts)
     for batch in _length_sorted_batches(prompts, batch_size):
@@ -131,6 +114,38 @@ def chat_generate(
         for k, text in zip(batch, texts, strict=True):
             replies[k] = text.strip()
     return replies
+
+
+def _chat_prompts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    max_new_tokens: int,
+) -> list[list[int]]:
+    """Token ids of each rendered conversation; raises ``ValueError`` if one leaves no room for the reply."""
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    prompts: list[list[int]] = []
+    for i, messages in enumerate(conversations):
+        ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        if max_positions is not None and len(ids) + max_new_tokens > max_positions:
+            raise ValueError(
+                f"conversation {i}: prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} "
+                f"exceeds the model's context length of {max_positions} tokens"
+            )
+        prompts.append(ids)
+    return prompts
+
+
+def _generation_config(max_new_tokens: int, temperature: float, eos_ids: list[int], pad_id: int) -> GenerationConfig:
+    """Greedy below ``GREEDY_BELOW``, otherwise pure temperature sampling (``top_k=0``, ``top_p=1``)."""
+    sampling = temperature >= GREEDY_BELOW
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        **({"temperature": float(temperature), "top_k": 0, "top_p": 1.0} if sampling else {}),
+    )
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
@@ -227,20 +242,10 @@ def generate_answers(
     n_turns = max((len(q.turns) for q in questions), default=0)
     with inference_mode(model, seed=seed):
         for turn in range(n_turns):
-            groups: dict[float, list[Question]] = defaultdict(list)
-            for q in questions:
-                if len(q.turns) > turn:
-                    groups[category_temperature(q.category)].append(q)
+            groups = _temperature_groups(questions, turn)
             for temperature in sorted(groups):
                 group = groups[temperature]
-                conversations = []
-                for q in group:
-                    messages: list[Message] = []
-                    for past in range(turn):
-                        messages.append({"role": "user", "content": q.turns[past]})
-                        messages.append({"role": "assistant", "content": answers[q.question_id][past]})
-                    messages.append({"role": "user", "content": q.turns[turn]})
-                    conversations.append(messages)
+                conversations = [_turn_messages(q, turn, answers[q.question_id]) for q in group]
                 replies = chat_generate(
                     model,
                     tokenizer,
@@ -261,3 +266,22 @@ def generate_answers(
         }
         for q in questions
     ]
+
+
+def _temperature_groups(questions: Sequence[Question], turn: int) -> dict[float, list[Question]]:
+    """The questions that have a turn ``turn``, grouped by their category's temperature (in question order)."""
+    groups: dict[float, list[Question]] = defaultdict(list)
+    for q in questions:
+        if len(q.turns) > turn:
+            groups[category_temperature(q.category)].append(q)
+    return groups
+
+
+def _turn_messages(question: Question, turn: int, answers: Sequence[str]) -> list[Message]:
+    """The conversation that asks turn ``turn``: every earlier turn with the model's own answer, then this turn."""
+    messages: list[Message] = []
+    for past in range(turn):
+        messages.append({"role": "user", "content": question.turns[past]})
+        messages.append({"role": "assistant", "content": answers[past]})
+    messages.append({"role": "user", "content": question.turns[turn]})
+    return messages

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluation.config import EvalConfig
 from evaluation.generation import chat_generate, inference_mode, last_logits, render_chat
-from evaluation.mt_bench_data import parse_rating
+from evaluation.mt_bench_judge_prompts import parse_rating
 
 logger = logging.getLogger(__name__)
 

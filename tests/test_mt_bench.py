@@ -29,17 +29,19 @@ from evaluation.mt_bench import (
 from evaluation.mt_bench.__main__ import main
 from evaluation.mt_bench_data import (
     NEED_REF_CATS,
-    SINGLE_JUDGE_PROMPTS,
     check_references,
-    load_judge_prompts,
     load_model_answers,
     load_questions,
     load_reference_answers,
+    resolve_source,
+    select_questions,
+)
+from evaluation.mt_bench_judge_prompts import (
+    SINGLE_JUDGE_PROMPTS,
+    load_judge_prompts,
     parse_rating,
     rating_to_score,
     render_judge_prompt,
-    resolve_source,
-    select_questions,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

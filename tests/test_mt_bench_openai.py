@@ -28,7 +28,7 @@ import pytest
 from evaluation.config import EvalConfig
 from evaluation.judges import NO_AUTH_API_KEY, JudgeError, OpenAIJudge
 from evaluation.mt_bench import judge_answers, load_mt_bench_data, run_mt_bench
-from evaluation.mt_bench_data import parse_rating, rating_to_score
+from evaluation.mt_bench_judge_prompts import parse_rating, rating_to_score
 
 KEY_ENV = "DLRML_TEST_JUDGE_KEY"
 SECRET = "sk-dlrml-test-3c9e71b2a54f4d08"

@@ -2,7 +2,8 @@
 
 Pipeline of :func:`run_mt_bench`:
 
-1. load and validate questions, judge prompts and reference answers (:mod:`evaluation.mt_bench_data`);
+1. load and validate questions and reference answers (:mod:`evaluation.mt_bench_data`) and judge prompts
+   (:mod:`evaluation.mt_bench_judge_prompts`);
 2. generate both turns of every question with the policy model
    (:func:`evaluation.generation.generate_answers`) and write them as
    ``<out_dir>/model_answer/<model_id>.jsonl`` (FastChat ``model_answer`` format);
@@ -37,18 +38,20 @@ from evaluation.config import EvalConfig
 from evaluation.generation import generate_answers
 from evaluation.judges import Judge, OpenAIJudge, build_judge
 from evaluation.mt_bench_data import (
-    SINGLE_JUDGE_PROMPTS,
-    JudgePrompt,
     Question,
     check_references,
-    load_judge_prompts,
     load_questions,
     load_reference_answers,
+    resolve_source,
+    select_questions,
+)
+from evaluation.mt_bench_judge_prompts import (
+    SINGLE_JUDGE_PROMPTS,
+    JudgePrompt,
+    load_judge_prompts,
     parse_rating,
     rating_to_score,
     render_judge_prompt,
-    resolve_source,
-    select_questions,
 )
 
 logger = logging.getLogger(__name__)
