@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
-from sweep.mt_bench_scoring import score_mt_bench
+from sweep.mt_bench_scoring import question_scores, score_mt_bench
 from sweep.ray_cluster import init_ray, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.trial_rows import trial_label, trial_row
@@ -94,7 +95,7 @@ class SweepOutcome:
             format_cells_table(self.stability_map.cells),
             "",
             f"trials: {self.n_trials} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})",
-            f"stability map: {self.stability_map.out_dir}",
+            f"stability map: {self.stability_map.out_dir} (claims: {self.stability_map.out_dir / 'claims.md'})",
         ]
         if self.tracking_uri:
             lines.append(f"MLflow: {self.tracking_uri} (parent run {self.parent_run_id}); browse with `mlflow ui`")
@@ -244,8 +245,11 @@ class SweepDriver:
         (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
         trials = self.collect(tuner.fit())
         trials = score_mt_bench(trials, self.config, self.storage_path, tracker)
-        stability = write_stability_map(trials, config.map_dir())
-        mlflow_pending = self._finish_tracker(tracker, trials, stability) if tracker is not None else 0
+        stability = write_stability_map(trials.drop(columns=["mt_bench_judgments"]), config.map_dir())
+        claims = write_claims(
+            stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
+        )
+        mlflow_pending = self._finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
         return SweepOutcome(
             stability_map=stability,
             trials=trials.drop(columns=["config"]),
@@ -274,13 +278,14 @@ class SweepDriver:
         return tracker
 
     def _scheduler(self):
-        """ASHA on the held-out metric (never pruning at the final step), or ``None`` when it is off."""
-        from sweep.stoppers import FiniteASHAScheduler
+        """Cell-aware ASHA on the held-out metric (see :class:`sweep.stoppers.CellAwareASHA`), or ``None``."""
+        from sweep.stoppers import CellAwareASHA, first_seed_protected
 
         scheduler = self.config.scheduler
         if not scheduler.asha:
             return None
-        return FiniteASHAScheduler(
+        return CellAwareASHA(
+            protected=first_seed_protected(self.config.grid.seeds),
             time_attr=ReportKey.STEP.value,
             metric=scheduler.metric,
             mode="max",
@@ -336,13 +341,13 @@ class SweepDriver:
         )
 
     @staticmethod
-    def _finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap) -> int:
+    def _finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap, claims: Path) -> int:
         """End every trial's MLflow run with its status, log the map; returns the MLflow calls left undelivered."""
         keys = ("reason", "steps", "attempts", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
         for _, row in trials.iterrows():
             summary = {k: row[k] for k in keys if k in row}
             tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
-        tracker.log_artifacts(stability.files)
+        tracker.log_artifacts([*stability.files, claims])
         tracker.log_parent_metrics(_cell_metrics(stability.cells))
         return tracker.close()
 

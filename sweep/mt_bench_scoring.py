@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
     policy = config.mt_bench
     trials = trials.copy()
     trials["mt_bench_score"] = math.nan
+    trials["mt_bench_judgments"] = None
     trained = trials["status"].map(lambda status: TrialStatus(status).trained_to_end)
     trials["mt_bench_reason"] = [
         f"not selected (mt_bench.policy={policy.policy})" if done else status
@@ -49,6 +51,7 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
         answers = ray.get(task.remote(str(model_dir), config.train.precision, policy.eval, str(out_dir), model_id))
         result = score_answers(Path(answers), policy.eval, out_dir, model_id)
         trials.loc[index, "mt_bench_score"] = result.overall
+        trials.loc[index, "mt_bench_judgments"] = str(result.judgments_path)
         trials.loc[index, "mt_bench_reason"] = None if math.isfinite(result.overall) else "no valid judgment"
         print(f"[sweep] MT-Bench {model_id}: {result.overall:.2f} ({result.n_invalid} invalid judgments)")
         if tracker is not None:
@@ -57,3 +60,23 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
                 model_id, row["config"], [result.answers_path, result.judgments_path], "mt_bench"
             )
     return trials
+
+
+def question_scores(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per-question MT-Bench scores of the scored trials (both turns averaged; invalid judgments, score -1, left
+    out), read from their FastChat ``model_judgment`` files, for the claims' bootstrap over questions.
+
+    Returns:
+        Columns ``trial_id``, ``question_id``, ``score``; empty when no trial was scored.
+    """
+    rows = []
+    for trial_id, path in zip(trials["trial_id"], trials.get("mt_bench_judgments", []), strict=False):
+        if not isinstance(path, str) or not Path(path).is_file():
+            continue
+        for line in Path(path).read_text().splitlines():
+            judgment = json.loads(line) if line.strip() else {}
+            score = float(judgment.get("score", -1))
+            if score >= 0:
+                rows.append({"trial_id": trial_id, "question_id": judgment["question_id"], "score": score})
+    frame = pd.DataFrame(rows, columns=["trial_id", "question_id", "score"])
+    return frame.groupby(["trial_id", "question_id"], as_index=False)["score"].mean()

@@ -6,14 +6,16 @@
 * :class:`FiniteASHAScheduler` is ASHA that never mistakes a non-finite metric for a good one: Ray's ASHA compares
   ``NaN < cutoff`` as ``False`` and would keep such a trial; here it counts as the worst value. It also never prunes
   a trial at its last step, where stopping saves nothing.
+* :class:`CellAwareASHA` is what a sweep uses when ASHA is on: one :class:`FiniteASHAScheduler` per loss and form,
+  and the first seed of every cell never pruned, so that pruning can never leave a cell without a verdict.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.stopper import Stopper
 
 from trainers.collapse import DivergenceConfig, DivergenceMonitor, Verdict
@@ -81,3 +83,66 @@ class FiniteASHAScheduler(ASHAScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         """Record a finished trial's (finite) metric in its rung."""
         super().on_trial_complete(tune_controller, trial, self._finite(result))
+
+
+def cell_group(config: Mapping[str, object]) -> tuple[str, str]:
+    """The ASHA comparison group of a trial: its loss and form (held-out accuracy is comparable only within one)."""
+    loss = config["trial"]["loss"]
+    return str(loss["name"]), str(loss.get("form", "stable"))
+
+
+class CellAwareASHA(FIFOScheduler):
+    """ASHA that never erases a cell's answer.
+
+    * Trials are compared only within their loss and form (:func:`cell_group`): one
+      :class:`FiniteASHAScheduler` per group, so a dLRML trial is never pruned for being behind DPO's.
+    * A *protected* trial (by default the first seed of every cell) is never pruned, so every cell keeps at least
+      one trial that trains to the end and carries a verdict; ASHA can only save the compute of extra seeds.
+
+    Args:
+        protected: Whether a trial (by its Tune config) must never be pruned.
+        **asha_kwargs: :class:`FiniteASHAScheduler` arguments (``time_attr``, ``metric``, ``mode``, ...).
+    """
+
+    def __init__(self, *, protected: Callable[[Mapping[str, object]], bool], **asha_kwargs) -> None:
+        super().__init__()
+        self._asha_kwargs = asha_kwargs
+        self._protected = protected
+        self._groups: dict[tuple[str, str], FiniteASHAScheduler] = {}
+
+    def _group(self, trial) -> FiniteASHAScheduler:
+        key = cell_group(trial.config)
+        if key not in self._groups:
+            self._groups[key] = FiniteASHAScheduler(**self._asha_kwargs)
+        return self._groups[key]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        """The metric and mode are fixed at construction."""
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        """Register the trial in its group's ASHA."""
+        self._group(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """Its group's ASHA decision, overridden to continue for a protected trial."""
+        decision = self._group(trial).on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE if self._protected(trial.config) else decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        """Record a finished trial in its group's rungs."""
+        self._group(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        """Forget a removed trial in its group."""
+        self._group(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        """One line per comparison group."""
+        return "\n".join(f"{'/'.join(key)}: {asha.debug_string()}" for key, asha in sorted(self._groups.items()))
+
+
+def first_seed_protected(seeds: list[int]) -> Callable[[Mapping[str, object]], bool]:
+    """Protects each cell's first (lowest) seed: the trial whose verdict the cell always has."""
+    first = min(seeds)
+    return lambda config: config["trial"]["seed"] == first

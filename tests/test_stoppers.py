@@ -12,7 +12,7 @@ import types
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sweep.stoppers import DivergenceStopper, FiniteASHAScheduler
+from sweep.stoppers import CellAwareASHA, DivergenceStopper, FiniteASHAScheduler, first_seed_protected
 from trainers.collapse import DivergenceConfig
 from trainers.protocol import HELD_OUT_ACCURACY as ACCURACY
 from trainers.protocol import ReportKey, ReportType
@@ -228,3 +228,73 @@ def test_finite_asha_never_prunes_at_the_final_step():
     assert run_rung(final, at_end, step=8) == {"strong": TrialScheduler.CONTINUE, "weak": TrialScheduler.CONTINUE}
     earlier = run_rung(make_scheduler(FiniteASHAScheduler, final_step=8), at_end, step=4)
     assert earlier == {"strong": TrialScheduler.CONTINUE, "weak": TrialScheduler.STOP}
+
+
+# ------------------------------------------------------------------------------------------------ CellAwareASHA
+
+
+def cell_trial(trial_id: str, loss: str, seed: int, form: str = "stable") -> types.SimpleNamespace:
+    config = {"trial": {"loss": {"name": loss, "form": form, "beta_kl": 0.1, "beta_mix": None}, "seed": seed}}
+    return types.SimpleNamespace(trial_id=trial_id, config=config)
+
+
+def cell_aware(seeds: list[int]) -> CellAwareASHA:
+    return CellAwareASHA(
+        protected=first_seed_protected(seeds),
+        time_attr=STEP,
+        metric=ACCURACY,
+        mode="max",
+        max_t=9,
+        grace_period=2,
+        reduction_factor=2,
+        stop_last_trials=False,
+    )
+
+
+def run_cell_rung(scheduler: CellAwareASHA, trials: list[tuple[types.SimpleNamespace, float]]) -> dict[str, str]:
+    decisions = {}
+    for trial, accuracy in trials:
+        scheduler.on_trial_add(None, trial)
+        decisions[trial.trial_id] = scheduler.on_trial_result(None, trial, {STEP: 2, ACCURACY: accuracy})
+    return decisions
+
+
+def test_cell_aware_asha_compares_trials_only_within_their_loss_and_form():
+    """A dLRML trial far behind DPO's is not pruned for it: each (loss, form) has its own rung. Seeds 1 only
+    (seed 0 would be protected), so every decision is ASHA's own."""
+    scheduler = cell_aware(seeds=[0, 1])
+    decisions = run_cell_rung(
+        scheduler,
+        [
+            (cell_trial("dpo-a", "dpo", 1), 0.9),
+            (cell_trial("dlrml-a", "dlrml", 1), 0.3),
+            (cell_trial("dlrml-lit", "dlrml", 1, form="literal"), 0.1),
+            (cell_trial("dpo-b", "dpo", 1), 0.2),
+        ],
+    )
+    # First in its group: no cutoff yet, continues; dpo-b is below dpo-a's cutoff in the dpo group.
+    assert decisions == {
+        "dpo-a": TrialScheduler.CONTINUE,
+        "dlrml-a": TrialScheduler.CONTINUE,
+        "dlrml-lit": TrialScheduler.CONTINUE,
+        "dpo-b": TrialScheduler.STOP,
+    }
+    # The same four trials under one plain rung: both weak dLRML trials would have been pruned behind DPO.
+    plain = run_rung(make_scheduler(FiniteASHAScheduler), {"dpo-a": 0.9, "dlrml-a": 0.3, "dlrml-lit": 0.1})
+    assert plain["dlrml-a"] == plain["dlrml-lit"] == TrialScheduler.STOP
+
+
+def test_cell_aware_asha_never_prunes_a_cells_first_seed():
+    scheduler = cell_aware(seeds=[3, 7])
+    decisions = run_cell_rung(
+        scheduler, [(cell_trial("strong", "dpo", 7), 0.9), (cell_trial("weak-first-seed", "dpo", 3), 0.1)]
+    )
+    assert decisions["weak-first-seed"] == TrialScheduler.CONTINUE
+    weak_other = cell_trial("weak-other-seed", "dpo", 7)
+    assert run_cell_rung(scheduler, [(weak_other, 0.1)]) == {"weak-other-seed": TrialScheduler.STOP}
+
+
+def test_with_one_seed_cell_aware_asha_prunes_nothing():
+    scheduler = cell_aware(seeds=[0])
+    trials = [(cell_trial(f"t{i}", "dlrml", 0), acc) for i, acc in enumerate([0.9, 0.1, 0.05])]
+    assert set(run_cell_rung(scheduler, trials).values()) == {TrialScheduler.CONTINUE}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,6 +39,9 @@ from sweep.ray_trial import WORKERS_LOG
 from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
+from trainers.protocol import TrialStatus
+
+VERDICT_REASONS = {"no_learning", "likelihood_collapse", "accuracy_below_chance", "accuracy_back_to_chance"}
 
 pytestmark = pytest.mark.slow
 
@@ -227,36 +231,32 @@ def test_divergent_cells_are_stopped_early_with_a_reason(divergent_sweep):
         assert 1 <= row.diverged_step < MAX_STEPS
         assert row.diverged_step <= row.steps < MAX_STEPS
     cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == DIVERGENT_BETA]
-    assert list(cells["collapse_rate"]) == [1.0] * len(LOSSES)
+    assert list(cells["failure_rate"]) == [1.0] * len(LOSSES)
+    assert list(cells["verdict"]) == ["diverged"] * len(LOSSES)
     assert not cells["stable"].any()
 
 
-def test_stable_cells_complete_or_are_pruned_consistently(divergent_sweep):
+def test_stable_beta_cells_train_to_the_end_with_a_verdict(divergent_sweep):
+    """No ASHA in the smoke config: every non-divergent trial trains all its steps and its cell has a verdict."""
     stable = divergent_sweep.trials[divergent_sweep.trials["beta_kl"] == STABLE_BETA]
     assert len(stable) == len(LOSSES)
-    for row in stable.itertuples():
-        assert row.status in {"completed", "pruned"}, row
-        assert math.isnan(row.diverged_step)
-        if row.status == "completed":
-            assert row.steps == MAX_STEPS and pd.isna(row.reason)
-        else:
-            assert row.steps < MAX_STEPS and str(row.reason).startswith("asha")
-        assert 0.0 <= row.eval_accuracy <= 1.0
-    assert (stable["status"] == "completed").any()
     cells = divergent_sweep.cells[divergent_sweep.cells["beta_kl"] == STABLE_BETA].set_index("loss")
-    for row in stable.itertuples():  # one seed per cell: a completed trial is a 0/1 collapse, a pruned one no verdict
-        cell = cells.loc[row.loss]
-        if row.status == "completed":
-            assert (cell["collapse_rate"], cell["n_verdict"], bool(cell["stable"])) == (0.0, 1, True)
-        else:
-            assert math.isnan(cell["collapse_rate"]) and cell["n_verdict"] == 0 and not cell["stable"]
+    for row in stable.itertuples():
+        assert TrialStatus(row.status).trained_to_end, row
+        assert math.isnan(row.diverged_step) and row.steps == MAX_STEPS
+        assert pd.isna(row.reason) if row.status == "stable" else str(row.reason).split(":")[0] in VERDICT_REASONS
+        assert 0.0 <= row.eval_accuracy <= 1.0
+        cell = cells.loc[row.loss]  # one seed per cell: the cell's verdict is the trial's
+        assert (cell["verdict"], cell["n_verdict"]) == (row.status, 1)
+        assert cell["failure_rate"] == (0.0 if row.status == "stable" else 1.0)
 
 
 def test_stability_map_is_written(divergent_sweep):
     map_dir = divergent_sweep.map_dir
     names = {p.name for p in map_dir.iterdir()}
     figures = {f"{kind}_{loss}.png" for kind in ("collapse", "score") for loss in LOSSES} | {"stability_overview.png"}
-    assert {"trials.csv", "cells.csv", *figures} <= names
+    assert {"trials.csv", "cells.csv", "claims.md", *figures} <= names
+    assert "# Claims" in (map_dir / "claims.md").read_text() or "claim" in (map_dir / "claims.md").read_text().lower()
     for name in figures:
         assert (map_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(divergent_sweep.cells) == N_TRIALS  # one seed: one trial per cell
@@ -293,7 +293,7 @@ def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlf
         assert float(params["beta_kl"]) == row.beta_kl
         assert int(params["seed"]) == row.seed
         assert float(params["learning_rate"]) == 1e-3
-        assert run.data.tags["dlrml.status"] == row.status
+        assert run.data.tags["dlrml.status"] == run.data.tags["verdict"] == row.status
         assert run.data.tags[SWEEP_TAG] == SWEEP_NAME
 
 
@@ -301,9 +301,8 @@ def test_mlflow_runs_are_all_closed(divergent_sweep, mlflow_runs):
     _, parent, nested, runs = mlflow_runs
     assert all(r.info.status != "RUNNING" for r in runs)
     assert parent.info.status == "FINISHED"
-    expected = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED", "errored": "FAILED"}
     for row in divergent_sweep.trials.itertuples():
-        assert nested[row.trial_id].info.status == expected[row.status]
+        assert nested[row.trial_id].info.status == TrialStatus(row.status).mlflow_run_status
         assert RunStatus.is_terminated(RunStatus.from_string(nested[row.trial_id].info.status))
 
 
@@ -313,12 +312,11 @@ def test_mlflow_has_per_step_metric_histories(divergent_sweep, mlflow_runs):
         run_id = nested[row.trial_id].info.run_id
         history = client.get_metric_history(run_id, "loss")
         steps = sorted({m.step for m in history})
-        # A loss for every optimizer step up to the one the trial stopped at (the divergence evidence included);
-        # the final report may repeat the last step's loss, never with another value.
+        # Exactly one loss point for every optimizer step up to the one the trial stopped at (the divergence
+        # evidence included): the final report, which repeats the last step, is not logged again.
         assert steps == list(range(1, int(row.steps) + 1)), (row.trial_id, steps)
-        for step in steps:
-            values = {m.value for m in history if m.step == step}
-            assert len(values) == 1, (row.trial_id, step, values)
+        assert len(history) == len(steps), (row.trial_id, sorted(m.step for m in history))
+        assert not {"step", "report/type", "final"} & set(nested[row.trial_id].data.metrics)
         if row.status == "diverged":
             assert steps[-1] == row.diverged_step >= 2
         else:
@@ -333,7 +331,8 @@ def test_mlflow_parent_holds_the_stability_map(divergent_sweep, mlflow_runs):
     assert {p.name for p in divergent_sweep.map_dir.iterdir()} <= names
     stored = {p.name for p in divergent_sweep.mlflow.artifacts.rglob("*") if p.is_file()}
     assert {"trials.csv", "cells.csv", "stability_overview.png"} <= stored
-    assert any(key.endswith("/collapse_rate") for key in parent.data.metrics)
+    assert any(key.endswith("/failure_rate") for key in parent.data.metrics)
+    assert all(math.isfinite(value) for value in parent.data.metrics.values())
 
 
 def test_no_secret_from_the_environment_is_written_anywhere(divergent_sweep):
@@ -446,7 +445,7 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-5000:]
     assert f"Job '{submission_id}' succeeded" in output
-    assert "trials: 1 (1 completed)" in output
+    assert re.search(r"trials: 1 \(1 (stable|stalled|collapsed)\)", output), output[-3000:]
     status = run(
         [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
         cwd=tmp_path,
@@ -455,7 +454,7 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
     )
     assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
     trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
-    assert list(trials["status"]) == ["completed"]
+    assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
     assert list(trials["steps"]) == [2]
     assert (results / "smoke" / "map" / "stability_overview.png").is_file()
 
@@ -502,8 +501,9 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
     assert (errored["status"], errored["attempts"]) == ("errored", 2)
     assert "worker process has died" in errored["reason"]  # the error Ray gave for the SIGKILLed actor
     others = trials.drop(index=victim)
-    assert list(others["status"]) == ["completed"] and list(others["attempts"]) == [1]
-    assert "trials: 2 (1 completed, 1 errored)" in log.read_text()
+    assert [TrialStatus(s).trained_to_end for s in others["status"]] == [True] and list(others["attempts"]) == [1]
+    assert re.search(r"trials: 2 \(1 (collapsed|errored|stable|stalled), 1 (errored|stable|stalled)\)", log.read_text())
+    assert "1 errored" in log.read_text()
 
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("dlrml-sweep").experiment_id])

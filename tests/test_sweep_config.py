@@ -61,6 +61,34 @@ def test_shipped_config_loads_and_validates(path):
     assert by_name == by_path
     assert by_name.grid.n_trials == len(by_name.grid.trials()) * len(by_name.grid.seeds) >= 1
     assert by_name.scheduler.metric.startswith("eval_")
+    # No shipped config may leave a cell without a verdict: none prunes (CellAwareASHA would protect first seeds).
+    assert by_name.scheduler.asha is False
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.verdicts.stall_z=0", "train.verdicts.stall_z"),
+        ("train.verdicts.likelihood_collapse_nats=-1", "train.verdicts.likelihood_collapse_nats"),
+        ("train.verdicts.stall_z=abc", "train.verdicts.stall_z"),
+        ("grid.forms=[stable,naive]", "grid.forms"),
+    ],
+)
+def test_bad_verdict_thresholds_and_forms_are_rejected_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_sweep_config("smoke", [override])
+
+
+def test_forms_cross_only_the_lrml_family():
+    grid = load_sweep_config("smoke", ["grid.losses=[dpo,discopop,dlrml]", "grid.forms=[stable,literal]"]).grid
+    cells = {(t.name, t.form) for t in grid.trials()}
+    assert cells == {
+        ("dpo", "stable"),
+        ("discopop", "stable"),
+        ("discopop", "literal"),
+        ("dlrml", "stable"),
+        ("dlrml", "literal"),
+    }
 
 
 def test_seed_config_is_the_seed_experiment():
@@ -83,8 +111,10 @@ def test_seed_config_is_the_seed_experiment():
     assert json.loads(deepspeed.read_text())["zero_optimization"]["stage"] == 3
     assert config.resources.use_gpu
     assert config.resources.per_trial()["GPU"] == 8
-    mixes = len(grid.beta_mix)
-    assert grid.n_trials == len(grid.seeds) * len(grid.beta_kl) * (2 + mixes)
+    mixes, forms = len(grid.beta_mix), len(grid.forms)
+    assert forms == 2  # the published (literal) LRML beside its stable rewrite
+    # dpo once per beta_kl; discopop once per form; dlrml once per form and beta_mix.
+    assert grid.n_trials == len(grid.seeds) * len(grid.beta_kl) * (1 + forms + forms * mixes) == 234
 
 
 def test_deepspeed_config_is_found_from_any_working_directory(tmp_path, monkeypatch):
