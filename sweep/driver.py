@@ -15,7 +15,8 @@ import pandas as pd
 
 from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
-from sweep.mt_bench_scoring import question_scores, score_mt_bench
+from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
+from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.trial_rows import trial_label, trial_row
@@ -34,10 +35,6 @@ MLFLOW_SPOOL = "mlflow_pending.jsonl"
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 """Bytes of memory the Tune side of a trial reserves (it holds no model)."""
-
-
-class SweepInputError(ValueError):
-    """An input (model, data, resources) cannot work; raised before any trial starts."""
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -81,11 +78,15 @@ class SweepOutcome:
 
     @property
     def failure(self) -> str | None:
-        """Why the sweep produced no usable map (every trial errored), or ``None`` when it did."""
+        """Why the sweep is incomplete (every trial errored, or an evaluation failed after training), or ``None``."""
         if self.trials.empty:
             return "the sweep ran no trials"
         if (self.trials["status"] == TrialStatus.ERRORED).all():
             return f"all {self.n_trials} trials errored (see the reason column of trials.csv and the trial logs)"
+        reasons = self.trials.get("mt_bench_reason", pd.Series(dtype=object)).astype(str)
+        failed = int(reasons.str.startswith(EVALUATION_FAILED).sum())
+        if failed:
+            return f"MT-Bench failed after training for {failed} trial(s) (mt_bench_reason in trials.csv); map written"
         return None
 
     def describe(self) -> str:
@@ -126,7 +127,8 @@ class SweepDriver:
     # -- before any cluster work -------------------------------------------------------------------------------
 
     def validate_inputs(self) -> None:
-        """Check model spec, data rows and DeepSpeed config; materialise the embedded model once.
+        """Check model spec, data rows, DeepSpeed config and what evaluations will need; materialise the embedded
+        model once.
 
         Raises:
             SweepInputError: Naming what is wrong.
@@ -148,6 +150,7 @@ class SweepDriver:
             raise SweepInputError(f"train.data: {err}") from None
         except (FileNotFoundError, ValueError, OSError) as err:
             raise SweepInputError(f"train.data {train.data!r}: {err}") from None
+        check_mt_bench(self.config)
 
     def _check_existing_sweep(self) -> None:
         """Rerunning the same sweep resumes it; a different config under the same name needs ``--resume``."""

@@ -13,6 +13,9 @@ from sweep.ray_cluster import on_worker_resources
 from sweep.trial_rows import trial_label
 from trainers.protocol import TrialStatus
 
+EVALUATION_FAILED = "failed:"
+"""Prefix of an ``mt_bench_reason`` whose evaluation failed after training (the sweep then exits incomplete)."""
+
 
 def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str, tracker) -> pd.DataFrame:
     """MT-Bench the trials the policy selects; every other trial gets the reason it has no score.
@@ -48,8 +51,15 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
         out_dir = trial_dir / "mt_bench"
         model_id = row["trial_id"]
         print(f"[sweep] MT-Bench: {trial_label(row['config']['trial'])}")
-        answers = ray.get(task.remote(str(model_dir), config.train.precision, policy.eval, str(out_dir), model_id))
-        result = score_answers(Path(answers), policy.eval, out_dir, model_id)
+        try:
+            answers = ray.get(task.remote(str(model_dir), config.train.precision, policy.eval, str(out_dir), model_id))
+            result = score_answers(Path(answers), policy.eval, out_dir, model_id)
+        except Exception as err:  # noqa: BLE001 - any failure here is recorded on the trial, never loses the map
+            last_line = (str(err).strip().splitlines() or [""])[-1]
+            reason = f"{EVALUATION_FAILED} {type(err).__name__}: {last_line}"[:500]
+            trials.loc[index, "mt_bench_reason"] = reason
+            print(f"[sweep] MT-Bench {model_id} failed, recorded on the trial: {reason}")
+            continue
         trials.loc[index, "mt_bench_score"] = result.overall
         trials.loc[index, "mt_bench_judgments"] = str(result.judgments_path)
         trials.loc[index, "mt_bench_reason"] = None if math.isfinite(result.overall) else "no valid judgment"

@@ -26,7 +26,8 @@ logger = logging.getLogger("sweep")
 EXIT_OK = 0
 """The sweep produced its stability map (some trials may have diverged, been pruned or errored)."""
 EXIT_INCOMPLETE = 1
-"""The sweep ran but produced no usable map: every trial errored, or its results could not be written."""
+"""The sweep is incomplete: every trial errored, an evaluation failed after training (the map is still written, the
+failure recorded on the trial), or its results could not be written."""
 EXIT_BAD_INPUT = 2
 """A config value, CLI flag, model, data row or resource request was rejected before any cluster work."""
 

@@ -1,0 +1,88 @@
+"""Checks, before any trial starts, of everything an evaluation will need after training.
+
+A sweep trains for hours before MT-Bench runs; a missing judge key, an unreachable judge endpoint, a missing question
+file or a generation budget the model's context cannot hold would otherwise surface only then (and, before this
+check, cost the user the map). Each problem is a :class:`SweepInputError` naming the config field to change.
+"""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+from evaluation.config import EvalConfig
+from evaluation.generation import render_chat
+from evaluation.judges import JudgeError, OpenAIJudge
+from evaluation.mt_bench import MTBenchData, load_mt_bench_data
+from sweep.config import SweepConfig
+
+REACHABLE_TIMEOUT_S = 5.0
+"""How long the preflight waits for a TCP connection to a configured judge endpoint."""
+
+
+class SweepInputError(ValueError):
+    """An input (config, model, data, resources, evaluation) cannot work; raised before any trial starts."""
+
+
+def check_mt_bench(config: SweepConfig) -> None:
+    """Everything MT-Bench will need after training, when ``mt_bench.policy`` selects any trial.
+
+    Raises:
+        SweepInputError: Questions or judge files unreadable, the judge's API key unset, its endpoint unreachable,
+            or a question's prompt plus the generation budget beyond the policy model's context.
+    """
+    if config.mt_bench.policy == "none":
+        return
+    cfg = config.mt_bench.eval
+    try:
+        data = load_mt_bench_data(cfg)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise SweepInputError(f"mt_bench.eval (questions / judge prompts / references): {err}") from None
+    if cfg.judge_backend == "openai":
+        _check_openai_judge(cfg)
+    _check_context(config.train.model, data, cfg.max_new_tokens)
+
+
+def _check_openai_judge(cfg: EvalConfig) -> None:
+    try:
+        OpenAIJudge.from_config(cfg).close()
+    except JudgeError as err:
+        raise SweepInputError(f"mt_bench.eval.api_key_env: {err}") from None
+    if cfg.judge_base_url is None:
+        return
+    url = urlparse(cfg.judge_base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=REACHABLE_TIMEOUT_S).close()
+    except OSError as err:
+        raise SweepInputError(f"mt_bench.eval.judge_base_url: {cfg.judge_base_url} is not reachable ({err})") from None
+
+
+def _check_context(model: str, data: MTBenchData, max_new_tokens: int) -> None:
+    """The longest conversation the answers need, with both turns' budgets, must fit the model's context.
+
+    The second turn's prompt holds the first answer (up to ``max_new_tokens``), so a question needs its two user
+    turns rendered with the chat template plus ``2 * max_new_tokens`` positions.
+    """
+    from transformers import AutoConfig
+
+    from trainers.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model)
+    context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    if context is None:
+        return
+    tokenizer = load_tokenizer(model)
+    for question in data.questions:
+        messages = []
+        for turn, text in enumerate(question.turns, start=1):
+            messages.append({"role": "user", "content": text})
+            tokens = len(tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"])
+            needed = tokens + turn * max_new_tokens
+            if needed > context:
+                raise SweepInputError(
+                    f"mt_bench.eval.max_new_tokens: question {question.question_id} turn {turn} needs a prompt of "
+                    f"{tokens} tokens + {turn} x max_new_tokens={max_new_tokens} = {needed} positions, beyond the "
+                    f"model's context length of {context}; lower mt_bench.eval.max_new_tokens"
+                )
+            messages.append({"role": "assistant", "content": ""})
