@@ -21,8 +21,9 @@ from sweep.ray_cluster import init_ray, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
+from trainers.data_summary import DataSummary, summarize_data
 from trainers.dpo_config import resolve_deepspeed_config
-from trainers.models import resolve_model_path
+from trainers.models import load_tokenizer, resolve_model_path
 from trainers.protocol import ReportKey, TrialStatus
 from trainers.reference import ReferenceLogps, compute_reference_logps
 from trainers.trial_runner import load_trial_data
@@ -123,6 +124,7 @@ class SweepDriver:
         self.address = address
         self.storage_path = str(Path(config.storage_path).expanduser().resolve())
         self.data: PreferenceData | None = None
+        self.data_summary: DataSummary | None = None
 
     # -- before any cluster work -------------------------------------------------------------------------------
 
@@ -150,6 +152,11 @@ class SweepDriver:
             raise SweepInputError(f"train.data: {err}") from None
         except (FileNotFoundError, ValueError, OSError) as err:
             raise SweepInputError(f"train.data {train.data!r}: {err}") from None
+        self.data_summary = summarize_data(self.data, load_tokenizer(train.model), train.max_length)
+        try:
+            self.data_summary.check(train.per_device_batch_size * train.grad_accum * self.config.resources.num_workers)
+        except ValueError as err:
+            raise SweepInputError(f"train.data: {err}") from None
         check_mt_bench(self.config)
 
     def _check_existing_sweep(self) -> None:
@@ -188,7 +195,7 @@ class SweepDriver:
         grid = self.grid()
         assert self.data is not None
         print(f"sweep {self.config.name}: {len(grid)} trials x {self.total_steps()} steps")
-        print(f"data: {len(self.data.train)} train / {len(self.data.eval)} held-out pairs")
+        print(self.data_summary.describe())
         for trial in grid:
             print(f"  {trial_label(trial)}")
 
@@ -241,6 +248,7 @@ class SweepDriver:
             f"[sweep] {config.name}: {len(self.grid())} trials, {self.total_steps()} steps each, "
             f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
         )
+        print(self.data_summary.describe())
         reference = self._shared_reference() if config.share_reference else None
         tracker = self._start_tracker(experiment_dir)
         tuner = self._tuner(experiment_dir, concurrency, reference, tracker)

@@ -364,7 +364,8 @@ def test_dry_run_prints_the_trial_list(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "sweep smoke: 8 trials x 5 steps" in lines
-    assert "data: 16 train / 8 held-out pairs" in lines
+    assert any(line.startswith("data: train: 16 pairs read, 0 dropped (prompt fills max_length=64)") for line in lines)
+    assert any(line.startswith("data: held-out: 8 pairs read") for line in lines)
     trials = [line.strip() for line in lines if line.startswith("  ")]
     assert trials == [
         f"{loss} bkl={bkl}{mix} seed={seed}"
@@ -427,3 +428,23 @@ def test_trial_module_leaves_the_ml_stack_to_the_worker(tmp_path):
     proc = run([sys.executable, "-c", probe], cwd=tmp_path, env=env, timeout=CLI_TIMEOUT_S, linger_s=0)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_dry_run_on_hh_rlhf_says_what_truncation_drops_and_refuses_too_few_pairs(tmp_path, shared_dir):
+    """The HH-RLHF sample at max_length=64: one malformed row dropped, then TRL would drop most pairs whose prompt
+    alone fills 64 tokens; the dry run says so, and refuses when fewer pairs remain than one step needs."""
+    sample = shared_dir / "data" / "hh_rlhf_harmless_test_300.jsonl"
+    if not sample.is_file():
+        pytest.skip(f"no HH-RLHF sample at {sample}")
+    common = ("--config", "smoke", "--no-mlflow", f"train.data={sample}", "train.on_bad_rows=drop", "--dry-run")
+    proc = run_cli(*common, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    summary = [line for line in out.splitlines() if line.startswith("data: ")]
+    assert summary and "malformed" in summary[0], out[-3000:]
+    train_line = next(line for line in summary if line.startswith("data: train:"))
+    dropped = int(train_line.split(", ")[1].split(" ")[0])
+    assert "would keep every pair whole" in train_line
+    too_big_batch = run_cli(*common, "train.per_device_batch_size=64", cwd=tmp_path)
+    assert too_big_batch.returncode == 2
+    assert "train.data: only" in too_big_batch.stderr and "one optimizer step needs 64" in too_big_batch.stderr
+    assert dropped > 0, train_line  # the issue's finding: most train pairs' prompts fill 64 tokens

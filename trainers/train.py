@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from trainers.config import TrialConfig
+from trainers.data_summary import summarize_data
+from trainers.models import load_tokenizer
 from trainers.protocol import HELD_OUT_ACCURACY, STEP_METRICS
 from trainers.trial_runner import load_trial_data, run_trial
 from trainers.typed_config import add_config_arguments, apply_overrides, build, fields_help, overrides_from_args
@@ -87,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     print(f"trial: loss={loss.name} {loss.hparams()} seed={train.seed} model={train.model} data={train.data}")
-    print(f"data: {len(data.train)} train / {len(data.eval)} held-out pairs; dropped {data.dropped or 'none'}")
+    summary = summarize_data(data, load_tokenizer(train.model), train.max_length)
+    print(summary.describe())
+    try:
+        summary.check(train.per_device_batch_size * train.grad_accum)
+    except ValueError as err:
+        parser.error(f"train.data: {err}")
     result = run_trial(train, loss, data=data, on_metrics=_print_step)
     print("collapse statistics (last step):")
     for key in STEP_METRICS:
