@@ -4,6 +4,10 @@ All MLflow traffic happens in the driver process (a Tune ``Callback``), so trial
 access to the tracking server nor its credentials. Runs are found again by tags (``dlrml.sweep`` on the parent,
 ``dlrml.trial_id`` on each nested run), so a resumed sweep reuses them instead of creating duplicates.
 
+A trial's nested run ends as soon as Tune ends the trial, with the status :mod:`sweep.trial_rows` gives its reported
+results (so run durations are training times, not queue positions); at the end of the sweep the driver logs each
+trial's final summary and authoritative status, which re-terminates a run only when its status changed.
+
 If the tracking server is unreachable, training goes on: every operation that fails is queued in order (as
 plain data) with a warning, retried on the next one, and flushed when the server is back. Whatever is still
 queued when the sweep ends is spooled to a JSON-lines file in the experiment directory and replayed first by
@@ -22,11 +26,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from sweep.trial_rows import replay_behaviour, replay_verdict, trial_status
+from trainers.collapse import DivergenceConfig
 from trainers.protocol import BOOKKEEPING_KEYS, HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.verdicts import VerdictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,15 @@ ROLE_TAG = "dlrml.role"
 """``sweep`` on the parent run, ``trial`` on nested runs (both carry the sweep tag)."""
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+"""The run's description, shown (as markdown) on its overview page (``mlflow.utils.mlflow_tags.MLFLOW_RUN_NOTE``)."""
+SELECTED_TAG = "selected_for"
+"""On a trial's nested run: the benchmark the driver selected it for (``mt_bench``)."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment tagged ``mlflow.experimentKind=custom_model_development`` in its model-training
+view rather than the GenAI one (``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT`` in MLflow's
+``mlflow/server/js/src/experiment-tracking/constants.ts``; the UI sets the same tag key when a user picks the kind)."""
 _SECRET_MARKERS = ("key", "token", "secret", "password", "credential")
 
 
@@ -75,13 +92,18 @@ class MLflowTracker(Callback):
     Args:
         tracking_uri: MLflow tracking URI.
         experiment: Experiment name.
-        sweep_name: The sweep's name (the parent run's name and ``dlrml.sweep`` tag).
+        sweep_name: The sweep's name (the ``dlrml.sweep`` tag, and the parent run's name unless ``parent_run_name``).
         sweep_params: Flat parameters of the whole sweep (logged on the parent run).
         trial_params: Maps a Tune trial config to the nested run's params.
         trial_name: Maps a Tune trial config to the nested run's name.
         echo: Where progress lines go (``print`` by default).
         spool_path: File that keeps undelivered operations across driver restarts.
         retry_interval_s: Seconds between delivery attempts while the server is down.
+        divergence: The sweep's divergence thresholds (``train.divergence``), to judge a trial when it ends.
+        verdicts: The sweep's verdict thresholds (``train.verdicts``), to judge a trial when it ends.
+        parent_run_name: The parent run's display name, e.g. ``"<sweep>: dpo, dlrml x beta_kl 0.05-1 (10 trials)"``
+            (``sweep_name`` when ``None``).
+        description: The parent run's description (markdown, MLflow's ``mlflow.note.content`` tag), or ``None``.
     """
 
     def __init__(
@@ -95,6 +117,10 @@ class MLflowTracker(Callback):
         echo: Callable[[str], None] | None = None,
         spool_path: str | Path | None = None,
         retry_interval_s: float = 15.0,
+        divergence: DivergenceConfig | None = None,
+        verdicts: VerdictConfig | None = None,
+        parent_run_name: str | None = None,
+        description: str | None = None,
     ) -> None:
         _bound_http_retries()
         self.client = MlflowClient(tracking_uri)
@@ -110,6 +136,12 @@ class MLflowTracker(Callback):
         self.trial_runs: dict[str, str] = {}
         self.spool_path = Path(spool_path) if spool_path else None
         self.retry_interval_s = retry_interval_s
+        self.divergence = divergence or DivergenceConfig()
+        self.verdicts = verdicts or VerdictConfig()
+        self.parent_run_name = parent_run_name or sweep_name
+        self.description = description
+        self._results: dict[str, list[dict[str, Any]]] = {}
+        """Each running trial's reported results (numbers only), to judge it when it ends."""
         self._pending: deque[dict[str, Any]] = deque()
         self._down_since: float | None = None
         self._next_attempt = 0.0
@@ -120,6 +152,7 @@ class MLflowTracker(Callback):
         state.pop("client")
         state["_pending"] = deque()
         state["_down_since"] = None
+        state["_results"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -174,12 +207,17 @@ class MLflowTracker(Callback):
         if kind == "parent":
             self._ensure_parent()
         elif kind == "trial":
-            self._ensure_trial_run(op["trial_id"], op["config"])
+            self._ensure_trial_run(op["trial_id"], op["config"], reopen=True)
         elif kind == "metrics":
             run_id = self._ensure_trial_run(op["trial_id"], op["config"])
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
             for start in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        elif kind == "end_trial":
+            self._end_trial(op["trial_id"], op["config"], op["status"], op["reason"], op["timestamp"])
+        elif kind == "trial_tags":
+            run_id = self._ensure_trial_run(op["trial_id"], op["config"])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "finish":
             self._finish(op["trial_id"], op["config"], op["status"], op["summary"], op["timestamp"])
         elif kind == "artifacts":
@@ -230,7 +268,14 @@ class MLflowTracker(Callback):
         if self.parent_run_id is not None:
             return self.parent_run_id
         experiment = self.client.get_experiment_by_name(self.experiment)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind a user picked in the UI is kept
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_name}' and tags.`{ROLE_TAG}` = 'sweep'",
@@ -238,13 +283,17 @@ class MLflowTracker(Callback):
         )
         if found:
             self.parent_run_id = found[0].info.run_id
-            self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.client.update_run(
+                self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=self.parent_run_name
+            )
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=self.sweep_name, tags={SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}
+                self.experiment_id, run_name=self.parent_run_name, tags={SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}
             )
             self.parent_run_id = run.info.run_id
             self._log_params(self.parent_run_id, self.sweep_params)
+        if self.description:
+            self.client.set_tag(self.parent_run_id, NOTE_TAG, self.description[:5000])
         return self.parent_run_id
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -252,7 +301,9 @@ class MLflowTracker(Callback):
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def _ensure_trial_run(self, trial_id: str, config: dict) -> str:
+    def _ensure_trial_run(self, trial_id: str, config: dict, reopen: bool = False) -> str:
+        """The trial's nested run, found again or created; a run found again is set running only when ``reopen``
+        (the trial (re)starts), so that logging a summary on an ended run keeps its end."""
         if trial_id in self.trial_runs:
             return self.trial_runs[trial_id]
         parent = self._ensure_parent()
@@ -263,7 +314,8 @@ class MLflowTracker(Callback):
         )
         if found:
             run_id = found[0].info.run_id
-            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if reopen:
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -286,6 +338,7 @@ class MLflowTracker(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         """Create the trial's nested run and log its parameters."""
         config = trial.config
+        self._results.setdefault(trial.trial_id, [])
         self._submit({"op": "trial", "trial_id": trial.trial_id, "config": config})
         self.echo(f"[sweep] started {trial.trial_id}: {self.trial_name(config)}")
 
@@ -303,6 +356,9 @@ class MLflowTracker(Callback):
             if isinstance(value, int | float) and not isinstance(value, bool) and _is_metric(key)
         ]
         config = trial.config
+        self._results.setdefault(trial.trial_id, []).append(
+            {k: v for k, v in result.items() if isinstance(v, int | float | None)}
+        )
         if result.get(ReportKey.REPORT_TYPE) != ReportType.FINAL:
             self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
         if result.get(ReportKey.REPORT_TYPE) in (ReportType.EVAL, ReportType.FINAL):
@@ -310,10 +366,55 @@ class MLflowTracker(Callback):
             ending = " -> finished training" if result.get(ReportKey.FINAL) else ""
             self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}{ending}")
 
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """End the trial's nested run now, with the status its reported results give."""
+        self._end(trial, error=None)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """End the trial's nested run now as errored (Tune calls this once its retries are spent)."""
+        self._end(trial, error=_trial_error(trial))
+
+    def _end(self, trial, error: BaseException | None) -> None:
+        """Judge a trial from its reported results (as the driver will) and queue the end of its run."""
+        results = self._results.pop(trial.trial_id, None)
+        if results is None:  # never started under this driver: its run ends with the sweep's summary
+            return
+        try:
+            history = pd.DataFrame(results) if results else None
+            last = results[-1] if results else {}
+            verdict = replay_verdict(history, self.divergence)
+            status, reason = trial_status(verdict, replay_behaviour(history, last, self.verdicts), last, error)
+        except Exception as err:  # noqa: BLE001 - a judging bug must not stop the sweep: the summary ends the run
+            logger.warning("could not judge trial %s as it ended (%s); its MLflow run ends with the sweep", trial, err)
+            return
+        self._submit(
+            {
+                "op": "end_trial",
+                "trial_id": trial.trial_id,
+                "config": trial.config,
+                "status": status.value,
+                "reason": reason,
+                "timestamp": int(time.time() * 1000),
+            }
+        )
+        self.echo(f"[sweep] {self.trial_name(trial.config)} ended: {status.value}" + (f" ({reason})" if reason else ""))
+
+    def _end_trial(self, trial_id: str, config: dict, status: str, reason: str | None, timestamp: int) -> None:
+        run_id = self._ensure_trial_run(trial_id, config)
+        tags = [RunTag("dlrml.status", status), RunTag("verdict", status)]
+        if reason:
+            tags.append(RunTag("dlrml.reason", reason[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, TrialStatus(status).mlflow_run_status, end_time=timestamp)
+
     # -- end of sweep ---------------------------------------------------------------------------------------------
 
     def finish_trial(self, trial_id: str, config: dict, status: str, summary: Mapping[str, Any]) -> None:
-        """Tag a trial's nested run with its final status and close it.
+        """Log a trial's final summary and status on its nested run, and end the run if it has not ended yet.
+
+        A run that :meth:`on_trial_complete` / :meth:`on_trial_error` already ended with the same MLflow status keeps
+        its end time; one whose status changed (e.g. judged on a partial history after a resume) is re-terminated
+        at its recorded end.
 
         Args:
             trial_id: Tune trial id.
@@ -339,12 +440,28 @@ class MLflowTracker(Callback):
         tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not _is_number(v)]
         metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if _is_number(v)]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+        info = self.client.get_run(run_id).info
+        wanted = RunStatus.to_string(run_status)
+        ended = RunStatus.is_terminated(RunStatus.from_string(info.status)) and info.end_time is not None
+        if not ended:
+            self.client.set_terminated(run_id, wanted, end_time=timestamp)
+        elif info.status != wanted:
+            self.client.set_terminated(run_id, wanted, end_time=info.end_time)
+
+    def mark_selected(self, trial_id: str, config: dict, benchmark: str = "mt_bench") -> None:
+        """Tag a trial's nested run as selected for a benchmark (``selected_for=mt_bench``).
+
+        Args:
+            trial_id: Tune trial id.
+            config: The trial's Tune config.
+            benchmark: The benchmark it was selected for.
+        """
+        self._submit({"op": "trial_tags", "trial_id": trial_id, "config": config, "tags": {SELECTED_TAG: benchmark}})
 
     def log_trial_metrics(self, trial_id: str, config: dict, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log extra metrics (e.g. MT-Bench scores) on a trial's nested run."""
+        """Log extra metrics (e.g. MT-Bench scores) on a trial's nested run; NaN values are left out."""
         timestamp = int(time.time() * 1000)
-        rows = [(k, float(v), timestamp, step) for k, v in metrics.items() if _is_number(v)]
+        rows = [(k, float(v), timestamp, step) for k, v in metrics.items() if _is_value(v)]
         self._submit({"op": "metrics", "trial_id": trial_id, "config": config, "metrics": rows})
 
     def log_trial_artifacts(self, trial_id: str, config: dict, paths: Iterable[Path], artifact_path: str) -> None:
@@ -364,8 +481,8 @@ class MLflowTracker(Callback):
         self._submit({"op": "artifacts", "paths": [str(p) for p in paths], "artifact_path": artifact_path})
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Log sweep-level metrics (e.g. collapse rates) on the parent run."""
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        """Log sweep-level metrics (e.g. collapse rates) on the parent run; NaN values are left out."""
+        clean = {k: float(v) for k, v in metrics.items() if _is_value(v)}
         self._submit({"op": "parent_metrics", "metrics": clean, "timestamp": int(time.time() * 1000)})
 
     def close(self, status: str = "FINISHED") -> int:
@@ -391,6 +508,22 @@ def _echo(line: str) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_value(value: Any) -> bool:
+    """A number MLflow's UI shows: summary metrics skip NaN (step metrics keep it, as evidence of divergence)."""
+    return _is_number(value) and not math.isnan(value)
+
+
+def _trial_error(trial) -> BaseException:
+    """The error Tune recorded for a failed trial, as the driver's results will carry it (a placeholder if none)."""
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # noqa: BLE001 - a stand-in trial or an unreadable error file: the status is errored anyway
+        error = None
+    if isinstance(error, BaseException):
+        return error
+    return RuntimeError(str(error).strip() if error else "trial errored (no error recorded)")
 
 
 _NOT_METRICS = frozenset(

@@ -1,8 +1,10 @@
-"""MLflow tracking against a real ``mlflow server`` that is stopped and restarted mid-sweep."""
+"""MLflow tracking against a real ``mlflow server`` that is stopped and restarted mid-sweep, and against a sqlite
+store as a researcher browses it (runs that end with their trial, selection tags, the parent run's description)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -12,11 +14,24 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, MLflowTracker, scrub
+from sweep.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    PARENT_TAG,
+    SELECTED_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    MLflowTracker,
+    scrub,
+)
+from trainers.collapse import DivergenceConfig
+from trainers.verdicts import VerdictConfig
 
 
 def _free_port() -> int:
@@ -150,3 +165,168 @@ def test_outage_is_queued_spooled_and_replayed_without_duplicates(server, tmp_pa
 def test_scrub_drops_credentials_but_keeps_env_var_names():
     params = {"judge.api_key": "sk-123", "mlflow_token": "tok", "api_key_env": "OPENAI_API_KEY", "lr": 1e-5}
     assert scrub(params) == {"api_key_env": "OPENAI_API_KEY", "lr": "1e-05"}
+
+
+# -- as a researcher browses it (a sqlite store: same store code as the server, without its process) -------------
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    """One sqlite tracking store for the module (its schema migration is the slow part); tests use own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _browsed_tracker(uri: str, experiment: str, **kwargs) -> MLflowTracker:
+    return MLflowTracker(
+        tracking_uri=uri,
+        experiment=experiment,
+        sweep_name=f"{experiment}-sweep",
+        sweep_params={"grid.losses": "['dpo', 'dlrml']"},
+        trial_params=lambda c: {"loss": c["loss"]},
+        trial_name=lambda c: f"{c['loss']} {c['id']}",
+        echo=lambda line: None,
+        divergence=DivergenceConfig(),
+        verdicts=VerdictConfig(),
+        **kwargs,
+    )
+
+
+def _trial(trial_id: str, loss: str = "dpo") -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"loss": loss, "id": trial_id})
+
+
+def _train(step: int, loss: float = 0.69) -> dict:
+    return {"step": step, "report/type": 0, "loss": loss, "grad_norm": 1.0}
+
+
+def _eval(step: int, accuracy: float) -> dict:
+    return {"step": step, "report/type": 1, "eval_rewards/accuracies": accuracy}
+
+
+def _final(step: int, accuracy: float) -> dict:
+    return {"step": step, "report/type": 2, "final": 1, "eval/pairs": 16, "eval_rewards/accuracies": accuracy}
+
+
+def _report(tracker: MLflowTracker, trial, *results: dict) -> None:
+    tracker.on_trial_start(0, [], trial)
+    for result in results:
+        tracker.on_trial_result(0, [], trial, result)
+
+
+def _run(tracker: MLflowTracker, trial_id: str):
+    return tracker.client.get_run(tracker.trial_runs[trial_id])
+
+
+def test_trial_run_ends_when_the_trial_ends_and_the_summary_keeps_its_end(sqlite_uri):
+    tracker = _browsed_tracker(sqlite_uri, "ends")
+    tracker.start()
+    stable, stalled, pruned, diverged, errored = (_trial(t) for t in ("ts", "tl", "tp", "td", "te"))
+    _report(tracker, stable, _train(1), _eval(2, 0.9), _final(2, 0.9))
+    _report(tracker, stalled, _train(1), _eval(2, 0.6), _final(2, 0.6))
+    _report(tracker, pruned, _train(1), _eval(2, 0.55))
+    _report(tracker, diverged, _train(1), _train(2, math.nan))
+    _report(tracker, errored, _train(1))
+    running = _run(tracker, "ts")
+    assert running.info.status == "RUNNING" and running.info.end_time is None
+
+    for trial in (stable, stalled, pruned, diverged):
+        tracker.on_trial_complete(0, [], trial)
+    tracker.on_trial_error(0, [], errored)
+
+    expected = {
+        "ts": ("stable", "FINISHED"),
+        "tl": ("stalled", "FINISHED"),
+        "tp": ("pruned", "KILLED"),
+        "td": ("diverged", "FINISHED"),
+        "te": ("errored", "FAILED"),
+    }
+    ended = {}
+    for trial_id, (status, run_status) in expected.items():
+        run = _run(tracker, trial_id)  # before close(): the run ended with its trial
+        assert (run.info.status, run.data.tags["verdict"], run.data.tags["dlrml.status"]) == (
+            run_status,
+            status,
+            status,
+        ), trial_id
+        assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
+        ended[trial_id] = run.info.end_time
+    assert _run(tracker, "td").data.tags["dlrml.reason"].startswith("non_finite_loss")
+    assert _run(tracker, "tp").data.tags["dlrml.reason"] == "asha at step 2"
+    assert "no error recorded" in _run(tracker, "te").data.tags["dlrml.reason"]
+    losses = {m.step: m.value for m in tracker.client.get_metric_history(tracker.trial_runs["td"], "loss")}
+    assert losses[1] == 0.69 and math.isnan(losses[2])  # the diverging step's NaN is logged: it is the evidence
+
+    time.sleep(0.05)  # the sweep's summary comes later: it must not move the end of a run that already ended
+    tracker.finish_trial("ts", stable.config, "stable", {"reason": "ok", "eval_accuracy": 0.9, "steps": 2})
+    tracker.finish_trial("tp", pruned.config, "stable", {"steps": 2})  # judged again after a resume: new status
+    assert tracker.close() == 0
+    summarised = _run(tracker, "ts")
+    assert summarised.info.end_time == ended["ts"] and summarised.info.status == "FINISHED"
+    assert summarised.data.metrics["final/eval_accuracy"] == 0.9 and summarised.data.tags["dlrml.reason"] == "ok"
+    rejudged = _run(tracker, "tp")
+    assert (rejudged.info.status, rejudged.data.tags["verdict"]) == ("FINISHED", "stable")
+    assert rejudged.info.end_time == ended["tp"]
+
+
+class _Unreachable:
+    """A client whose every call fails, as during a tracking outage."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("tracking server down")
+
+        return fail
+
+
+def test_a_trial_ended_during_an_outage_keeps_its_end_time(sqlite_uri):
+    tracker = _browsed_tracker(sqlite_uri, "outage-end", retry_interval_s=0.0)
+    tracker.start()
+    trial = _trial("t1")
+    _report(tracker, trial, _train(1), _eval(2, 0.9), _final(2, 0.9))
+    client, tracker.client = tracker.client, _Unreachable()
+    before = int(time.time() * 1000)
+    tracker.on_trial_complete(0, [], trial)
+    after = int(time.time() * 1000)
+    assert tracker.pending == 1
+    time.sleep(0.05)
+    tracker.client = client  # the server is back
+    assert tracker.flush(force=True) and tracker.close() == 0
+    run = _run(tracker, "t1")
+    assert run.info.status == "FINISHED" and before <= run.info.end_time <= after
+
+
+def test_parent_run_name_description_experiment_kind_selection_and_no_nan_summaries(sqlite_uri):
+    description = "DPO-family stability sweep: **dpo, dlrml** x beta_kl 0.05-1"
+    tracker = _browsed_tracker(
+        sqlite_uri,
+        "browse",
+        parent_run_name="browse-sweep: dpo, dlrml x beta_kl 0.05-1 (2 trials)",
+        description=description,
+    )
+    tracker.start()
+    chosen, other = _trial("t1"), _trial("t2", "dlrml")
+    _report(tracker, chosen, _train(1), _train(2, math.inf))  # a diverging step: NaN/Inf step metrics are evidence
+    _report(tracker, other, _train(1))
+    tracker.mark_selected("t1", chosen.config)
+    tracker.log_trial_metrics("t1", chosen.config, {"mt_bench/score": 6.5, "mt_bench/turn_2": math.nan})
+    tracker.log_parent_metrics({"cell/dpo_bkl0.1/failure_rate": 0.5, "cell/dlrml_bkl0.1/eval_accuracy": math.nan})
+    assert tracker.close() == 0
+
+    client = tracker.client
+    experiment = client.get_experiment_by_name("browse")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    parent = client.get_run(tracker.parent_run_id)
+    assert parent.info.run_name == "browse-sweep: dpo, dlrml x beta_kl 0.05-1 (2 trials)"
+    assert parent.data.tags[NOTE_TAG] == description and parent.data.tags[SWEEP_TAG] == "browse-sweep"
+    assert parent.data.metrics == {"cell/dpo_bkl0.1/failure_rate": 0.5}
+    selected, unselected = _run(tracker, "t1"), _run(tracker, "t2")
+    assert selected.data.tags[SELECTED_TAG] == "mt_bench" and SELECTED_TAG not in unselected.data.tags
+    assert selected.data.metrics["mt_bench/score"] == 6.5 and "mt_bench/turn_2" not in selected.data.metrics
+    assert [m.step for m in client.get_metric_history(selected.info.run_id, "loss")] == [1, 2]
+
+    # Resumed with a new description: the parent run is found again and described anew; the experiment keeps its kind.
+    resumed = _browsed_tracker(sqlite_uri, "browse", parent_run_name="renamed", description="resumed")
+    resumed.start()
+    assert resumed.close() == 0 and resumed.parent_run_id == tracker.parent_run_id
+    again = client.get_run(tracker.parent_run_id)
+    assert again.info.run_name == "renamed" and again.data.tags[NOTE_TAG] == "resumed"
