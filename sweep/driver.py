@@ -190,6 +190,29 @@ class SweepDriver:
             for seed in self.config.grid.seeds
         ]
 
+    def run_name(self) -> str:
+        """The MLflow parent run's name, e.g. ``default: dpo, discopop, dlrml x beta_kl 0.05-1 (6 trials)``."""
+        grid = self.config.grid
+        betas = sorted(grid.beta_kl)
+        span = f"{betas[0]:g}" if len(betas) == 1 else f"{betas[0]:g}-{betas[-1]:g}"
+        return f"{self.config.name}: {', '.join(grid.losses)} x beta_kl {span} ({len(self.grid())} trials)"
+
+    def describe_grid(self) -> str:
+        """The parent run's description (markdown): what the sweep maps and how."""
+        grid, train = self.config.grid, self.config.train
+        lines = [
+            f"**{self.config.name}**: stability map of {', '.join(grid.losses)} on `{train.model}` / `{train.data}`.",
+            "",
+            f"- beta_kl: {', '.join(f'{b:g}' for b in grid.beta_kl)}",
+            f"- beta_mix (LRML family): {', '.join(f'{b:g}' for b in grid.beta_mix) or '-'}",
+            f"- forms (LRML family): {', '.join(grid.forms)}; seeds: {', '.join(map(str, grid.seeds))}",
+            f"- {len(self.grid())} trials x {self.total_steps()} steps, lr {train.learning_rate:g}, "
+            f"batch {train.per_device_batch_size} x {train.grad_accum}, {train.precision}",
+            '- verdicts per trial: stable / stalled / collapsed / diverged (README "Verdicts"); map and claims.md '
+            "under the `stability_map` artifacts",
+        ]
+        return "\n".join(lines)
+
     def print_plan(self) -> None:
         """Print the trials the sweep would run."""
         grid = self.grid()
@@ -284,6 +307,10 @@ class SweepDriver:
             trial_params=trial_params,
             trial_name=lambda c: trial_label(c["trial"]),
             spool_path=experiment_dir / MLFLOW_SPOOL,
+            divergence=config.train.divergence,
+            verdicts=config.train.verdicts,
+            parent_run_name=self.run_name(),
+            description=self.describe_grid(),
         )
         tracker.start()
         return tracker

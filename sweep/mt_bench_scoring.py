@@ -48,6 +48,8 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
         if not model_dir.is_dir():
             trials.loc[index, "mt_bench_reason"] = "no saved policy (train.save_model=false)"
             continue
+        if tracker is not None:
+            tracker.mark_selected(row["trial_id"], row["config"])
         out_dir = trial_dir / "mt_bench"
         model_id = row["trial_id"]
         print(f"[sweep] MT-Bench: {trial_label(row['config']['trial'])}")

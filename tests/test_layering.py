@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "trainers.dpo_config",
         "trainers.trl_trainer",
+        "trainers.data_summary",
         "evaluation.mt_bench_data",
         "evaluation.mt_bench_judge_prompts",
         "evaluation.generation",

@@ -282,7 +282,11 @@ def mlflow_runs(divergent_sweep):
 def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlflow_runs):
     _, parent, nested, runs = mlflow_runs
     assert len(runs) == 1 + N_TRIALS
-    assert parent.info.run_name == SWEEP_NAME
+    assert (
+        parent.info.run_name
+        == f"{SWEEP_NAME}: dpo, dlrml x beta_kl {STABLE_BETA:g}-{DIVERGENT_BETA:g} ({N_TRIALS} trials)"
+    )
+    assert "stability map of dpo, dlrml" in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags[ROLE_TAG] == "sweep"
     assert {run.data.tags[ROLE_TAG] for run in nested.values()} == {"trial"}
     assert set(nested) == set(divergent_sweep.trials["trial_id"])
