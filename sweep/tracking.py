@@ -4,6 +4,14 @@ All MLflow traffic happens in the driver process (a Tune ``Callback``), so trial
 access to the tracking server nor its credentials. Runs are found again by tags (``dlrml.sweep`` on the parent,
 ``dlrml.trial_id`` on each nested run), so a resumed sweep reuses them instead of creating duplicates.
 
+One run per trial *attempt*, so every metric has exactly one point per step: when a trial starts again (Tune retries
+it after a crash, ``resources.max_failures``, or a restarted driver runs it again on ``--resume``) and its run
+already holds metric points, that run is tagged ``dlrml.superseded=true`` with its ``dlrml.attempt=<n>`` and ended
+``KILLED``, and a fresh nested run (``dlrml.attempt=<n+1>``, the same ``dlrml.trial_id``) takes the new attempt's
+history. This is decided from the run's data in MLflow, not from the tracker's memory, so it also holds after a
+driver restart. "The trial's run" (summary, tags, MT-Bench scores) is always the one that is not superseded; a run
+started but killed before it reported anything is simply reused.
+
 A trial's nested run ends as soon as Tune ends the trial, with the status :mod:`sweep.trial_rows` gives its reported
 results (so run durations are training times, not queue positions); at the end of the sweep the driver logs each
 trial's final summary and authoritative status, which re-terminates a run only when its status changed.
@@ -11,7 +19,9 @@ trial's final summary and authoritative status, which re-terminates a run only w
 If the tracking server is unreachable, training goes on: every operation that fails is queued in order (as
 plain data) with a warning, retried on the next one, and flushed when the server is back. Whatever is still
 queued when the sweep ends is spooled to a JSON-lines file in the experiment directory and replayed first by
-the next run of the same sweep (``--resume``).
+the next run of the same sweep (``--resume``). Summary metrics (a trial's ``final/*``, the parent's ``cell/*``, all
+at step 0) are idempotent: a key whose latest value on the run is already the one being logged is skipped, so a
+replayed spool followed by the resumed sweep's own summary leaves one point per key.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -42,6 +52,10 @@ SWEEP_TAG = "dlrml.sweep"
 TRIAL_TAG = "dlrml.trial_id"
 ROLE_TAG = "dlrml.role"
 """``sweep`` on the parent run, ``trial`` on nested runs (both carry the sweep tag)."""
+SUPERSEDED_TAG = "dlrml.superseded"
+"""``true`` on a trial's nested run whose attempt was followed by another (a retry, or a restart after ``--resume``)."""
+ATTEMPT_TAG = "dlrml.attempt"
+"""On a trial's nested run: which start of the trial it records (1, 2, ...; a run without it is attempt 1)."""
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
@@ -207,7 +221,7 @@ class MLflowTracker(Callback):
         if kind == "parent":
             self._ensure_parent()
         elif kind == "trial":
-            self._ensure_trial_run(op["trial_id"], op["config"], reopen=True)
+            self._start_attempt(op["trial_id"], op["config"], op.get("timestamp") or int(time.time() * 1000))
         elif kind == "metrics":
             run_id = self._ensure_trial_run(op["trial_id"], op["config"])
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
@@ -225,8 +239,11 @@ class MLflowTracker(Callback):
             for path in op["paths"]:
                 self.client.log_artifact(parent, path, op["artifact_path"])
         elif kind == "parent_metrics":
-            metrics = [Metric(k, v, op["timestamp"], 0) for k, v in op["metrics"].items()]
-            self.client.log_batch(self._ensure_parent(), metrics=metrics)
+            parent = self._ensure_parent()
+            logged = self.client.get_run(parent).data.metrics
+            metrics = _unlogged([Metric(k, v, op["timestamp"], 0) for k, v in op["metrics"].items()], logged)
+            if metrics:
+                self.client.log_batch(parent, metrics=metrics)
         elif kind == "trial_artifacts":
             run_id = self._ensure_trial_run(op["trial_id"], op["config"])
             for path in op["paths"]:
@@ -301,31 +318,72 @@ class MLflowTracker(Callback):
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
 
-    def _ensure_trial_run(self, trial_id: str, config: dict, reopen: bool = False) -> str:
-        """The trial's nested run, found again or created; a run found again is set running only when ``reopen``
-        (the trial (re)starts), so that logging a summary on an ended run keeps its end."""
-        if trial_id in self.trial_runs:
-            return self.trial_runs[trial_id]
+    def _trial_run_versions(self, trial_id: str) -> list[Run]:
+        """Every nested run of the trial under this sweep's parent run, superseded attempts included."""
         parent = self._ensure_parent()
-        found = self.client.search_runs(
+        return self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent}'",
-            max_results=1,
+            max_results=1000,
         )
-        if found:
-            run_id = found[0].info.run_id
-            if reopen:
-                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        else:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=self.trial_name(config),
-                tags={PARENT_TAG: parent, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep_name, ROLE_TAG: "trial"},
-            )
-            run_id = run.info.run_id
-            self._log_params(run_id, self.trial_params(config))
+
+    def _create_trial_run(self, trial_id: str, config: dict, attempt: int) -> str:
+        parent = self._ensure_parent()
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.trial_name(config),
+            tags={
+                PARENT_TAG: parent,
+                TRIAL_TAG: trial_id,
+                SWEEP_TAG: self.sweep_name,
+                ROLE_TAG: "trial",
+                ATTEMPT_TAG: str(attempt),
+            },
+        )
+        run_id = run.info.run_id
+        self._log_params(run_id, self.trial_params(config))
         self.trial_runs[trial_id] = run_id
         return run_id
+
+    def _ensure_trial_run(self, trial_id: str, config: dict) -> str:
+        """The trial's current (not superseded) nested run, found again or created; a run found again keeps its
+        status, so that logging a summary on an ended run keeps its end."""
+        if trial_id in self.trial_runs:
+            return self.trial_runs[trial_id]
+        runs = self._trial_run_versions(trial_id)
+        current = _current_attempt(runs)
+        if current is None:
+            return self._create_trial_run(trial_id, config, _last_attempt(runs) + 1)
+        self.trial_runs[trial_id] = current.info.run_id
+        return current.info.run_id
+
+    def _start_attempt(self, trial_id: str, config: dict, timestamp: int) -> str:
+        """The run for a trial that (re)starts: its current run set running again if it holds no metric yet, else
+        that run superseded (tagged, ended ``KILLED``) and a fresh run created for the new attempt.
+
+        Decided from the runs in MLflow (not from ``trial_runs``), so a tracker restored by a restarted driver and
+        a retry within one driver behave alike; a delivery that failed halfway is completed when retried.
+        """
+        runs = self._trial_run_versions(trial_id)
+        current = _current_attempt(runs)
+        if current is not None and not current.data.metrics:
+            run_id = current.info.run_id
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if not current.data.params:  # created by a delivery that failed before its params
+                self._log_params(run_id, self.trial_params(config))
+            self.trial_runs[trial_id] = run_id
+            return run_id
+        if current is not None:
+            info = current.info
+            self.client.log_batch(
+                info.run_id, tags=[RunTag(SUPERSEDED_TAG, "true"), RunTag(ATTEMPT_TAG, str(_attempt(current)))]
+            )
+            ended = RunStatus.is_terminated(RunStatus.from_string(info.status)) and info.end_time is not None
+            killed = RunStatus.to_string(RunStatus.KILLED)
+            if not ended or info.status != killed:
+                self.client.set_terminated(info.run_id, killed, end_time=info.end_time if ended else timestamp)
+            logger.info("trial %s starts again: run %s superseded by a new attempt", trial_id, info.run_id)
+        return self._create_trial_run(trial_id, config, _last_attempt(runs) + 1)
 
     def start(self) -> None:
         """Replay spooled updates of an earlier run, then create (or find again) the parent run."""
@@ -336,10 +394,13 @@ class MLflowTracker(Callback):
     # -- Tune callback hooks --------------------------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        """Create the trial's nested run and log its parameters."""
+        """Create the trial's nested run and log its parameters; a trial that starts again after it reported
+        metrics gets a fresh run for the new attempt (see the module docstring)."""
         config = trial.config
-        self._results.setdefault(trial.trial_id, [])
-        self._submit({"op": "trial", "trial_id": trial.trial_id, "config": config})
+        self._results[trial.trial_id] = []  # a restarted trial is judged on its new attempt's history
+        self._submit(
+            {"op": "trial", "trial_id": trial.trial_id, "config": config, "timestamp": int(time.time() * 1000)}
+        )
         self.echo(f"[sweep] started {trial.trial_id}: {self.trial_name(config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -438,9 +499,10 @@ class MLflowTracker(Callback):
         run_id = self._ensure_trial_run(trial_id, config)
         tags = [RunTag("dlrml.status", status), RunTag("verdict", status)]
         tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not _is_number(v)]
+        run = self.client.get_run(run_id)
         metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if _is_number(v)]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        info = self.client.get_run(run_id).info
+        self.client.log_batch(run_id, metrics=_unlogged(metrics, run.data.metrics), tags=tags)
+        info = run.info
         wanted = RunStatus.to_string(run_status)
         ended = RunStatus.is_terminated(RunStatus.from_string(info.status)) and info.end_time is not None
         if not ended:
@@ -513,6 +575,30 @@ def _is_number(value: Any) -> bool:
 def _is_value(value: Any) -> bool:
     """A number MLflow's UI shows: summary metrics skip NaN (step metrics keep it, as evidence of divergence)."""
     return _is_number(value) and not math.isnan(value)
+
+
+def _unlogged(metrics: list[Metric], logged: Mapping[str, float]) -> list[Metric]:
+    """Summary metrics (all at step 0) whose value is not already the key's latest value on the run: logging a
+    summary twice (a replayed spool, then the resumed sweep's own) leaves one point per key."""
+    return [m for m in metrics if m.key not in logged or logged[m.key] != m.value]
+
+
+def _attempt(run: Run) -> int:
+    """The attempt a trial run records (``dlrml.attempt``; runs created before that tag are attempt 1)."""
+    try:
+        return int(run.data.tags.get(ATTEMPT_TAG, "1"))
+    except ValueError:
+        return 1
+
+
+def _last_attempt(runs: list[Run]) -> int:
+    return max((_attempt(r) for r in runs), default=0)
+
+
+def _current_attempt(runs: list[Run]) -> Run | None:
+    """The trial's run that is not superseded (the latest attempt, should there be several), or ``None``."""
+    live = [r for r in runs if r.data.tags.get(SUPERSEDED_TAG) != "true"]
+    return max(live, key=lambda r: (_attempt(r), r.info.start_time or 0), default=None)
 
 
 def _trial_error(trial) -> BaseException:

@@ -20,11 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.tracking import (
+    ATTEMPT_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     NOTE_TAG,
     PARENT_TAG,
     SELECTED_TAG,
+    SUPERSEDED_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     MLflowTracker,
@@ -141,7 +143,8 @@ def test_outage_is_queued_spooled_and_replayed_without_duplicates(server, tmp_pa
     resumed = _tracker(server.uri, spool)
     resumed.start()
     assert resumed.pending == 0 and not spool.exists()
-    resumed.on_trial_start(0, [], trial)  # a resumed trial finds its run again
+    # The resumed sweep's own summary finds the trial's run again (Tune does not start a finished trial again).
+    resumed.finish_trial("t1", trial.config, "diverged", {"reason": "non_finite_loss (numerical)", "steps": 3})
     assert resumed.close() == 0
 
     client = MlflowClient(server.uri)
@@ -155,6 +158,7 @@ def test_outage_is_queued_spooled_and_replayed_without_duplicates(server, tmp_pa
     run = nested[0]
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "final/steps")) == 1  # replayed, then logged again: once
     assert run.data.tags["dlrml.status"] == "diverged"
     assert run.data.tags["dlrml.reason"] == "non_finite_loss (numerical)"
     assert run.info.status == "FINISHED"
@@ -330,3 +334,124 @@ def test_parent_run_name_description_experiment_kind_selection_and_no_nan_summar
     assert resumed.close() == 0 and resumed.parent_run_id == tracker.parent_run_id
     again = client.get_run(tracker.parent_run_id)
     assert again.info.run_name == "renamed" and again.data.tags[NOTE_TAG] == "resumed"
+
+
+# -- one point per step and attempt -------------------------------------------------------------------------------
+
+
+def _versions(tracker: MLflowTracker, trial_id: str) -> list:
+    """Every nested run of a trial, superseded attempts included, oldest attempt first."""
+    experiment = tracker.client.get_experiment_by_name(tracker.experiment)
+    runs = tracker.client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'")
+    return sorted(runs, key=lambda r: int(r.data.tags[ATTEMPT_TAG]))
+
+
+def _loss_steps(tracker: MLflowTracker, run_id: str) -> list[int]:
+    return [m.step for m in sorted(tracker.client.get_metric_history(run_id, "loss"), key=lambda m: m.step)]
+
+
+@pytest.mark.parametrize("how", ["retry", "driver_restart"])
+def test_a_trial_started_again_gets_a_fresh_run_with_one_point_per_step(sqlite_uri, how):
+    """Tune retries a crashed trial (the same tracker), or a SIGKILLed driver's sweep is resumed (a new tracker with
+    no memory of the first): either way the trial restarts from step 1 and must not double its history."""
+    experiment = f"attempts-{how}"
+    first = _browsed_tracker(sqlite_uri, experiment)
+    first.start()
+    trial = _trial("t1")
+    _report(first, trial, *(_train(step, 0.7) for step in (1, 2, 3)))
+    first_run = first.trial_runs["t1"]
+    tracker = first if how == "retry" else _browsed_tracker(sqlite_uri, experiment)
+    if tracker is not first:
+        tracker.start()
+    before = int(time.time() * 1000)
+    _report(tracker, trial, *(_train(step, 0.6) for step in (1, 2, 3, 4)))
+
+    superseded, current = _versions(tracker, "t1")
+    assert superseded.info.run_id == first_run and tracker.trial_runs["t1"] == current.info.run_id != first_run
+    assert superseded.data.tags[SUPERSEDED_TAG] == "true" and superseded.data.tags[ATTEMPT_TAG] == "1"
+    assert superseded.info.status == "KILLED" and before <= superseded.info.end_time
+    assert _loss_steps(tracker, first_run) == [1, 2, 3]  # the first attempt's evidence is kept, on its own run
+    assert SUPERSEDED_TAG not in current.data.tags and current.data.tags[ATTEMPT_TAG] == "2"
+    assert current.data.tags[PARENT_TAG] == tracker.parent_run_id == first.parent_run_id
+    assert current.data.params == {"loss": "dpo"} and current.info.status == "RUNNING"
+    assert _loss_steps(tracker, current.info.run_id) == [1, 2, 3, 4]  # exactly one point per step
+    assert {m.value for m in tracker.client.get_metric_history(current.info.run_id, "loss")} == {0.6}
+
+    # The end of the trial and the sweep's summary go to the current attempt; a new tracker (the driver's own, or
+    # one more restart) finds that run again by tags, not the superseded one.
+    tracker.on_trial_complete(0, [], trial)
+    tracker.finish_trial("t1", trial.config, "stalled", {"steps": 4, "attempts": 2})
+    assert tracker.close() == 0
+    again = _browsed_tracker(sqlite_uri, experiment)
+    again.start()
+    assert again._ensure_trial_run("t1", trial.config) == current.info.run_id
+    assert again.close() == 0
+    superseded, current = _versions(tracker, "t1")
+    assert (current.info.status, current.data.tags["verdict"], current.data.metrics["final/attempts"]) == (
+        "FINISHED",
+        "stalled",
+        2,
+    )
+    assert "verdict" not in superseded.data.tags and not any(k.startswith("final/") for k in superseded.data.metrics)
+    assert superseded.info.status == "KILLED"
+
+
+def test_a_trial_restarted_before_it_reported_reuses_its_run(sqlite_uri):
+    """A trial killed before its first report holds no points: its run is set running again, not superseded."""
+    tracker = _browsed_tracker(sqlite_uri, "attempts-unreported")
+    tracker.start()
+    trial = _trial("t1")
+    tracker.on_trial_start(0, [], trial)
+    resumed = _browsed_tracker(sqlite_uri, "attempts-unreported")
+    resumed.start()
+    _report(resumed, trial, _train(1), _train(2))
+    (run,) = _versions(resumed, "t1")
+    assert run.info.run_id == tracker.trial_runs["t1"] == resumed.trial_runs["t1"]
+    assert run.data.tags[ATTEMPT_TAG] == "1" and SUPERSEDED_TAG not in run.data.tags
+    assert _loss_steps(resumed, run.info.run_id) == [1, 2]
+
+
+def _history_lengths(client: MlflowClient, run_id: str, prefix: str) -> dict[str, int]:
+    metrics = client.get_run(run_id).data.metrics
+    return {key: len(client.get_metric_history(run_id, key)) for key in metrics if key.startswith(prefix)}
+
+
+def test_summary_metrics_have_one_point_per_key_after_a_replay_and_a_resume(sqlite_uri, tmp_path):
+    """The sweep's summary was spooled during an outage; ``--resume`` replays it, then logs its own summary again."""
+    spool = tmp_path / "mlflow_pending.jsonl"
+    tracker = _browsed_tracker(sqlite_uri, "summary-twice", spool_path=spool, retry_interval_s=0.0)
+    tracker.start()
+    trial = _trial("t1")
+    _report(tracker, trial, _train(1), _eval(2, 0.9), _final(2, 0.9))
+    tracker.on_trial_complete(0, [], trial)
+    summary = {"reason": "ok", "steps": 2, "attempts": 1, "eval_accuracy": 0.9}
+    cells = {"cell/dpo_bkl0.1/failure_rate": 0.0, "cell/dpo_bkl0.1/eval_accuracy": 0.9}
+    client, tracker.client = tracker.client, _Unreachable()
+    tracker.finish_trial("t1", trial.config, "stable", summary)
+    tracker.log_parent_metrics(cells)
+    assert tracker.close() == 3 and spool.is_file()  # finish, parent metrics, close
+
+    for _ in range(2):  # --resume (the spool is replayed first), then once more
+        resumed = _browsed_tracker(sqlite_uri, "summary-twice", spool_path=spool)
+        resumed.start()
+        assert not spool.exists()
+        resumed.finish_trial("t1", trial.config, "stable", summary)
+        resumed.finish_trial("t1", trial.config, "stable", summary)
+        resumed.log_parent_metrics(cells)
+        resumed.log_parent_metrics(cells)
+        assert resumed.close() == 0
+
+    run_id = resumed._ensure_trial_run("t1", trial.config)
+    assert _history_lengths(client, run_id, "final/") == {
+        "final/steps": 1,
+        "final/attempts": 1,
+        "final/eval_accuracy": 1,
+    }
+    assert _history_lengths(client, resumed.parent_run_id, "cell/") == dict.fromkeys(cells, 1)
+    assert _loss_steps(resumed, run_id) == [1]
+
+    # A value that changed (e.g. a trial judged again) is a new point, and the run shows it.
+    resumed.finish_trial("t1", trial.config, "stable", {**summary, "eval_accuracy": 0.95})
+    assert resumed.close() == 0
+    assert len(client.get_metric_history(run_id, "final/eval_accuracy")) == 2
+    assert client.get_run(run_id).data.metrics["final/eval_accuracy"] == 0.95
