@@ -36,7 +36,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from sweep.ray_trial import WORKERS_LOG
-from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, SWEEP_TAG, TRIAL_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
 from trainers.protocol import TrialStatus
@@ -267,7 +267,8 @@ def test_stability_map_is_written(divergent_sweep):
 
 @pytest.fixture(scope="module")
 def mlflow_runs(divergent_sweep):
-    """``(client, parent run, {trial_id: nested run}, every run)`` as the tracking server has them."""
+    """``(client, parent run, {trial_id: current nested run}, every run)`` as the tracking server has them (a trial
+    Tune started again has its earlier attempts as superseded runs: they are in every run, not in the mapping)."""
     client = MlflowClient(divergent_sweep.mlflow.url)
     experiment = client.get_experiment_by_name("dlrml-sweep")
     assert experiment is not None
@@ -275,13 +276,17 @@ def mlflow_runs(divergent_sweep):
     parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == SWEEP_NAME and PARENT_TAG not in r.data.tags]
     assert len(parents) == 1, f"expected one parent run, got {[r.info.run_id for r in parents]}"
     parent = parents[0]
-    nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id and not _superseded(r)]
     return client, parent, {r.data.tags[TRIAL_TAG]: r for r in nested}, runs
+
+
+def _superseded(run) -> bool:
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
 
 
 def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlflow_runs):
     _, parent, nested, runs = mlflow_runs
-    assert len(runs) == 1 + N_TRIALS
+    assert len([r for r in runs if not _superseded(r)]) == 1 + N_TRIALS
     assert (
         parent.info.run_name
         == f"{SWEEP_NAME}: dpo, dlrml x beta_kl {STABLE_BETA:g}-{DIVERGENT_BETA:g} ({N_TRIALS} trials)"
@@ -511,8 +516,14 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
 
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("dlrml-sweep").experiment_id])
-    nested = {r.data.tags[TRIAL_TAG]: r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"}
-    assert set(nested) == set(trials.index)
+    trial_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    nested = {r.data.tags[TRIAL_TAG]: r for r in trial_runs if not _superseded(r)}
+    assert set(nested) == set(trials.index) and len(nested) == len([r for r in trial_runs if not _superseded(r)])
+    # The victim's first attempt, if it had reported before its worker was killed, is a superseded run (ended
+    # KILLED); the retry's run is the trial's run. The other trial ran once: one run.
+    superseded = [r for r in trial_runs if _superseded(r)]
+    assert {r.data.tags[TRIAL_TAG] for r in superseded} <= {victim} and len(superseded) <= 1
+    assert all((r.info.status, r.data.tags[ATTEMPT_TAG]) == ("KILLED", "1") for r in superseded)
     assert (nested[victim].info.status, nested[victim].data.tags["dlrml.status"]) == ("FAILED", "errored")
     assert nested[victim].data.metrics["final/attempts"] == 2
     assert all(r.info.status != "RUNNING" for r in runs)
