@@ -1,5 +1,6 @@
 """Driver restart: a sweep whose driver is SIGKILLed mid-run continues from Ray Tune's experiment state, keeping
-finished trials, and MLflow ends with exactly one closed nested run per trial."""
+finished trials, and MLflow ends with exactly one closed, current (not superseded) nested run per trial holding one
+point per step; the attempts the kill interrupted are kept as superseded runs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG
+from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, TRIAL_TAG
 from tests.procs import MARK_VAR, end_marked, make_env, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,10 +79,23 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path, short_
     experiment_id = client.get_experiment_by_name("dlrml-sweep").experiment_id
     runs = client.search_runs([experiment_id])
     parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
-    nested = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    trial_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    nested = [r for r in trial_runs if r.data.tags.get(SUPERSEDED_TAG) != "true"]  # each trial's current run
+    superseded = [r for r in trial_runs if r.data.tags.get(SUPERSEDED_TAG) == "true"]
     assert len(parents) == 1
     assert sorted(r.data.tags[TRIAL_TAG] for r in nested) == sorted(trials["trial_id"])
-    assert all(r.data.tags[PARENT_TAG] == parents[0].info.run_id for r in nested)
+    assert all(r.data.tags[PARENT_TAG] == parents[0].info.run_id for r in trial_runs)
     assert all(r.info.status != "RUNNING" for r in runs)
     by_trial = {r.data.tags[TRIAL_TAG]: r.data.tags["dlrml.status"] for r in nested}
     assert by_trial == dict(zip(trials["trial_id"], trials["status"], strict=True))
+    steps = dict(zip(trials["trial_id"], trials["steps"], strict=True))
+    for r in nested:  # a trial the kill interrupted starts again from step 1 on a fresh run: no doubled history
+        history = client.get_metric_history(r.info.run_id, "loss")
+        points = sorted(m.step for m in history)
+        assert points == list(range(1, int(steps[r.data.tags[TRIAL_TAG]]) + 1)), (r.data.tags[TRIAL_TAG], points)
+    current = {r.data.tags[TRIAL_TAG]: int(r.data.tags.get(ATTEMPT_TAG, "1")) for r in nested}
+    for r in superseded:  # an interrupted attempt: ended KILLED, followed by a later attempt of the same trial
+        assert r.info.status == "KILLED" and r.info.end_time is not None
+        assert int(r.data.tags[ATTEMPT_TAG]) < current[r.data.tags[TRIAL_TAG]]
+    # Only an attempt the kill interrupted after it had reported is superseded; finished trials are not started again.
+    assert len(superseded) <= 4 - finished_before
