@@ -20,6 +20,7 @@ from trainers.losses import (
     get_loss,
     hinge_loss,
     ipo_loss,
+    lrml_initial_margin_gradient,
     lrml_is_genuinely_divergent,
     mix_statistics,
 )
@@ -304,3 +305,22 @@ def test_literal_overflow_is_classified_numerical():
     hparams = {"beta_kl": 1.0, "tau": 0.05, "form": "literal"}
     assert torch.isnan(compute_loss("discopop", *logps, **hparams).losses).all()
     assert classify_non_finite(get_loss("discopop"), hparams, logps, check_grad=True) == "numerical"
+
+
+@pytest.mark.parametrize(("beta_kl", "beta_mix"), [(0.05, 0.2), (1.0, 0.2), (0.5, 0.05), (0.05, 0.05), (0.42, 0.2)])
+def test_initial_margin_gradient_matches_autograd_and_its_sign_rule(beta_kl, beta_mix):
+    """At rho = 0 (every pair at initialisation) dL/drho = (beta_mix / (4 tau)) (1 - ln 2) - (3/4) beta_kl (see
+    :func:`lrml_initial_margin_gradient`); positive, i.e. margins first pushed the wrong way, exactly when
+    beta_kl < beta_mix (1 - ln 2) / (3 tau)."""
+    rho = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    dlrml_loss(rho, zero, zero, zero, beta_kl=beta_kl, beta_mix=beta_mix).losses.sum().backward()
+    expected = beta_mix / (4 * 0.05) * (1 - math.log(2)) - 0.75 * beta_kl
+    assert rho.grad.item() == pytest.approx(expected, rel=1e-9)
+    assert lrml_initial_margin_gradient(beta_kl, beta_mix) == pytest.approx(expected, rel=1e-12)
+    assert (expected > 0) == (beta_kl < beta_mix * (1 - math.log(2)) / (3 * 0.05))
+
+
+def test_discopop_at_tau_005_always_starts_by_lowering_the_margins():
+    for beta in (0.01, 0.05, 0.25, 1.0):
+        assert lrml_initial_margin_gradient(beta, beta) > 0

@@ -28,6 +28,7 @@ divergence, reported as such, never clamped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -222,6 +223,22 @@ def lrml_is_genuinely_divergent(beta_kl: float, beta_mix: float, tau: float = DI
     exactly when ``beta_kl > beta_mix / tau``.
     """
     return beta_kl > beta_mix / tau
+
+
+def lrml_initial_margin_gradient(beta_kl: float, beta_mix: float, tau: float = DISCOPOP_TAU) -> float:
+    """``dL/drho`` of the dLRML loss at ``rho = 0``, where every pair starts (the reference is the initial policy).
+
+    With ``m = sigma(a)``, ``a = beta_mix * rho / tau``, ``z = beta_kl * rho``, at ``rho = 0``: ``m = 1/2``,
+    ``dm/drho = beta_mix / (4 tau)``, ``-log sigma(0) = ln 2``, ``exp(0) = 1``, so
+
+        dL/drho = (beta_mix / (4 tau)) (1 - ln 2) - (1/2)(beta_kl / 2) - (1/2) beta_kl
+                = (beta_mix / (4 tau)) (1 - ln 2) - (3/4) beta_kl.
+
+    A positive value means gradient descent first *lowers* every margin (the wrong way): it happens whenever
+    ``beta_kl < beta_mix (1 - ln 2) / (3 tau)`` (about ``2.05 beta_mix`` at ``tau = 0.05``) — always for DiscoPOP
+    (``beta_mix = beta_kl``) at ``tau = 0.05`` — and is one mechanism behind LRML runs that stall.
+    """
+    return beta_mix / (4 * tau) * (1 - math.log(2)) - 0.75 * beta_kl
 
 
 @dataclass(frozen=True)
