@@ -183,6 +183,7 @@ class AdaptivePlanner:
         self.results: dict[CellKey, list[TrialStatus]] = {}
         """Every recorded trial's status per cell (pruned and errored included; they carry no verdict)."""
         self._losses = {(c.name, c.form, c.beta_kl, c.beta_mix): c for c in grid.trials()}
+        self._grid_trials = len(self._losses) * len(grid.seeds)
         self._seeds_used: dict[CellKey, int] = {}
         self._pending: set[TrialSpec] = set()
         self._boxes = [coarse_boxes(lattice, config.coarse_points) for lattice in self.lattices]
@@ -198,7 +199,7 @@ class AdaptivePlanner:
     @property
     def max_trials(self) -> int:
         """The trial budget: ``max_trials``, never more than the grid's trials."""
-        return min(self.config.max_trials or self.grid.n_trials, self.grid.n_trials)
+        return min(self.config.max_trials or self._grid_trials, self._grid_trials)
 
     @property
     def max_seeds(self) -> int:
