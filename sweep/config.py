@@ -270,8 +270,8 @@ class AdaptiveConfig:
         0.7,
         gt=0,
         le=1,
-        help="A cell on the stability boundary whose 95 % Wilson interval of the failure rate is wider than this "
-        "gets another seed (1 seed: 0.79, 2: 0.66, 3: 0.56 at 0 failures).",
+        help="A cell on the stability boundary, all of whose seeds are stable so far, gets another seed while the "
+        "95 % Wilson interval of its failure rate is wider than this (0 failures in 1 seed: 0.79, 2: 0.66, 3: 0.56).",
     )
 
     def __post_init__(self) -> None:
