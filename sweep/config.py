@@ -25,8 +25,10 @@ from trainers.typed_config import fields_help as _fields_help
 
 __all__ = [
     "CONFIG_DIR",
+    "SEARCHES",
     "HELD_OUT_ACCURACY",
     "MT_BENCH_POLICIES",
+    "AdaptiveConfig",
     "ConfigError",
     "GridConfig",
     "MLflowConfig",
@@ -45,6 +47,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 HELD_OUT_ACCURACY = "eval_rewards/accuracies"
 MTBenchPolicy = Literal["all", "top_k", "none"]
 MT_BENCH_POLICIES: tuple[str, ...] = typing.get_args(MTBenchPolicy)
+Search = Literal["grid", "adaptive"]
+SEARCHES: tuple[str, ...] = typing.get_args(Search)
 
 
 def _mix_losses() -> list[str]:
@@ -245,6 +249,42 @@ class MTBenchConfig:
 
 
 @dataclass
+class AdaptiveConfig:
+    """Adaptive stability mapping (``search: adaptive``, :mod:`sweep.adaptive`): measure a coarse design of each
+    (loss, form) beta_kl x beta_mix lattice, then bisect only where measured verdicts disagree."""
+
+    max_trials: int | None = option(
+        None, gt=0, help="Trial budget over the whole sweep; ``null``: no cap (never more than the grid's trials)."
+    )
+    coarse_points: int = option(
+        3,
+        ge=2,
+        help="Points per beta axis of the starting design, evenly spaced in log-beta and snapped to the grid's values "
+        "(3: corners, edge midpoints and centre).",
+    )
+    initial_seeds: int = option(1, ge=1, help="Seeds every newly measured cell starts with (the grid's first ones).")
+    max_seeds_per_cell: int = option(
+        3, ge=1, help="Most seeds a cell gets (never more than ``grid.seeds``); extra seeds go where seeds disagree."
+    )
+    interval_width: float = option(
+        0.7,
+        gt=0,
+        le=1,
+        help="A cell on the stability boundary, all of whose seeds are stable so far, gets another seed while the "
+        "95 % Wilson interval of its failure rate is wider than this (0 failures in 1 seed: 0.79, 2: 0.66, 3: 0.56).",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, label="adaptive")
+
+    def _check(self) -> None:
+        if self.initial_seeds > self.max_seeds_per_cell:
+            raise ConfigError(
+                f"= {self.initial_seeds} exceeds max_seeds_per_cell = {self.max_seeds_per_cell}", "initial_seeds"
+            )
+
+
+@dataclass
 class SweepConfig:
     """A whole stability sweep."""
 
@@ -271,6 +311,12 @@ class SweepConfig:
         "``false``: every trial precomputes its own.",
     )
     grid: GridConfig = option(GridConfig(), help="The trial grid.")
+    search: Search = option(
+        "grid",
+        help="``grid`` runs every trial of the grid; ``adaptive`` measures a coarse design and refines only where "
+        "verdicts disagree (settings under ``adaptive``; unmeasured cells are inferred and labelled so).",
+    )
+    adaptive: AdaptiveConfig = option(AdaptiveConfig(), help="Adaptive stability mapping (``search: adaptive``).")
     train: TrainConfig = option(
         TrainConfig(eval_steps=10),
         help="The base trial every grid point shares (model, data, optimisation, divergence thresholds).",
@@ -288,6 +334,10 @@ class SweepConfig:
             raise ConfigError(
                 "needs periodic held-out evaluation: set train.eval_steps > 0 (or scheduler.asha=false)",
                 "scheduler.asha",
+            )
+        if self.search == "adaptive" and self.scheduler.asha:
+            raise ConfigError(
+                "= adaptive needs every trial's verdict and never prunes: set scheduler.asha=false", "search"
             )
 
     def map_dir(self) -> Path:

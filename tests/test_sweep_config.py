@@ -79,6 +79,13 @@ def test_bad_verdict_thresholds_and_forms_are_rejected_naming_the_field(override
         load_sweep_config("smoke", [override])
 
 
+def test_adaptive_search_loads_with_its_settings():
+    config = load_sweep_config("smoke", ["search=adaptive", "adaptive.max_trials=12", "adaptive.interval_width=0.5"])
+    assert config.search == "adaptive"
+    assert (config.adaptive.max_trials, config.adaptive.interval_width) == (12, 0.5)
+    assert load_sweep_config("smoke").search == "grid"
+
+
 def test_forms_cross_only_the_lrml_family():
     grid = load_sweep_config("smoke", ["grid.losses=[dpo,discopop,dlrml]", "grid.forms=[stable,literal]"]).grid
     cells = {(t.name, t.form) for t in grid.trials()}
@@ -229,6 +236,28 @@ KNOWN_LOSSES = sorted(LOSSES)
             ["scheduler.asha=true", "train.eval_steps=0"], ["scheduler.asha", "train.eval_steps"], id="asha-no-eval"
         ),
         pytest.param(["scheduler.metric=loss"], ["scheduler.metric", "eval_"], id="asha-on-train-loss"),
+        pytest.param(["search=random"], ["search", "grid", "adaptive", "'random'"], id="unknown-search"),
+        pytest.param(
+            ["search=adaptive", "scheduler.asha=true"],
+            ["search", "never prunes", "scheduler.asha=false"],
+            id="adaptive-asha",
+        ),
+        pytest.param(
+            ["adaptive.max_trials=0"], ["adaptive.max_trials", "positive integer", "got 0"], id="adaptive-zero-budget"
+        ),
+        pytest.param(["adaptive.coarse_points=1"], ["adaptive.coarse_points", ">= 2"], id="adaptive-one-point"),
+        pytest.param(["adaptive.max_seeds_per_cell=0"], ["adaptive.max_seeds_per_cell", ">= 1"], id="adaptive-no-seed"),
+        pytest.param(["adaptive.interval_width=0"], ["adaptive.interval_width", "> 0"], id="adaptive-width-zero"),
+        pytest.param(["adaptive.interval_width=1.5"], ["adaptive.interval_width", "<= 1"], id="adaptive-width-big"),
+        pytest.param(["adaptive.interval_width=.nan"], ["adaptive.interval_width", "finite"], id="adaptive-width-nan"),
+        pytest.param(
+            ["adaptive.initial_seeds=3", "adaptive.max_seeds_per_cell=2"],
+            ["adaptive.initial_seeds", "max_seeds_per_cell"],
+            id="adaptive-initial-over-max",
+        ),
+        pytest.param(
+            ["adaptive.max_trials=ten"], ["adaptive.max_trials", "integer", "'ten'"], id="adaptive-budget-word"
+        ),
         pytest.param(["name=my sweep"], ["name", "'my sweep'"], id="bad-name"),
         pytest.param(
             ["mlflow.tracking_uri=mlflow.example.com:5000"], ["mlflow.tracking_uri", "http"], id="uri-without-scheme"
