@@ -81,8 +81,15 @@ def _table_line(row: tuple) -> tuple[str, ...]:
         _fmt(row.median_steps_to_divergence, ".0f"),
         f"{_fmt(row.eval_accuracy_mean, '.3f')} ({_fmt(row.eval_accuracy_std, '.3f')})",
         f"{_fmt(row.mt_bench_mean, '.2f')} ({_fmt(row.mt_bench_std, '.2f')})",
-        str(row.verdict) if row.n_verdict else "? (no verdict)",
+        _verdict_text(row),
     )
+
+
+def _verdict_text(row: tuple) -> str:
+    """A cell's verdict as the table shows it: measured, inferred (adaptive sweeps, labelled so) or none."""
+    if getattr(row, "inferred", False):
+        return f"inferred: {row.verdict}"
+    return str(row.verdict) if row.n_verdict else "? (no verdict)"
 
 
 def format_cells_table(cells: pd.DataFrame) -> str:

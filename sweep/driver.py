@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.adaptive import lattices
 from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
 from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
@@ -27,6 +28,11 @@ from trainers.models import load_tokenizer, resolve_model_path
 from trainers.protocol import ReportKey, TrialStatus
 from trainers.reference import ReferenceLogps, compute_reference_logps
 from trainers.trial_runner import load_trial_data
+
+
+class SweepOutputError(OSError):
+    """The map, the claims or the MLflow spool could not be written after the trials ran."""
+
 
 CONFIG_FILE = "sweep_config.json"
 """The sweep's config, stored in its experiment directory: rerunning the same config resumes the sweep."""
@@ -279,11 +285,18 @@ class SweepDriver:
         (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
         trials = self.collect(tuner.fit())
         trials = score_mt_bench(trials, self.config, self.storage_path, tracker)
-        stability = write_stability_map(trials.drop(columns=["mt_bench_judgments"]), config.map_dir())
-        claims = write_claims(
-            stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
-        )
-        mlflow_pending = self._finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
+        try:
+            stability = write_stability_map(
+                trials.drop(columns=["mt_bench_judgments"]),
+                config.map_dir(),
+                lattices=lattices(config.grid) if config.search == "adaptive" else None,
+            )
+            claims = write_claims(
+                stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
+            )
+            mlflow_pending = self._finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
+        except OSError as err:
+            raise SweepOutputError(f"{err} (Tune's experiment state in {experiment_dir} keeps every result)") from err
         return SweepOutcome(
             stability_map=stability,
             trials=trials.drop(columns=["config"]),
@@ -346,13 +359,14 @@ class SweepDriver:
         # group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
         trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
         param_space = {
-            "trial": tune.grid_search(self.grid()),
             "train": dataclasses.asdict(config.train),
             "resources": dataclasses.asdict(config.resources),
             "storage_path": self.storage_path,
             "experiment": config.name,
             "reference": dataclasses.asdict(reference) if reference else None,
         }
+        if config.search == "grid":
+            param_space["trial"] = tune.grid_search(self.grid())
         if tune.Tuner.can_restore(str(experiment_dir)):
             if not self.resume:
                 raise SweepInputError(
@@ -371,12 +385,17 @@ class SweepDriver:
             failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
             verbose=1,
         )
-        return tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(scheduler=self._scheduler(), max_concurrent_trials=concurrency),
-            run_config=run_config,
-        )
+        if config.search == "adaptive":
+            from sweep.adaptive_searcher import AdaptiveSearcher
+
+            # Never pruned (validation refuses ASHA with adaptive search): the divergence stopper alone ends trials.
+            searcher = AdaptiveSearcher(config)
+            tune_config = tune.TuneConfig(
+                search_alg=searcher, num_samples=searcher.num_samples, max_concurrent_trials=concurrency
+            )
+        else:
+            tune_config = tune.TuneConfig(scheduler=self._scheduler(), max_concurrent_trials=concurrency)
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
     @staticmethod
     def _finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap, claims: Path) -> int:

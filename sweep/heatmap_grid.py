@@ -218,6 +218,9 @@ def _annotation(panel: Panel, cell: pd.Series | None, *, detailed: bool) -> str:
     """
     if cell is None:
         return ""
+    if bool(cell.get("inferred", False)):
+        # Never shown as measured: an adaptive sweep's cell whose verdict comes from its neighbours.
+        return f"inferred\n{cell['verdict']}" if detailed else f"({cell['verdict']})"
     value = float(cell[panel.column])
     if panel.column != "failure_rate":
         return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    from sweep.driver import SweepDriver, SweepInputError
+    from sweep.driver import SweepDriver, SweepInputError, SweepOutputError
 
     try:
         driver = SweepDriver(config, resume=args.resume, address=args.address)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except SweepInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as err:
+    except SweepOutputError as err:
         # The map or the MLflow spool could not be written: Tune's experiment state keeps the trials' results.
         print(f"error: the sweep's results could not be written: {err}; rerun with --resume", file=sys.stderr)
         return EXIT_INCOMPLETE

@@ -14,11 +14,14 @@ driver and callers use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from sweep.adaptive import Lattice
+from sweep.adaptive_infer import with_inferred
 from sweep.cells_table import format_beta, format_cells_table
 from sweep.stability_cells import (
     CELL_COLUMNS,
@@ -112,7 +115,9 @@ def _write_tables(frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     return tables
 
 
-def write_stability_map(trials: pd.DataFrame, out_dir: Path, *, stable_threshold: float = 0.0) -> StabilityMap:
+def write_stability_map(
+    trials: pd.DataFrame, out_dir: Path, *, stable_threshold: float = 0.0, lattices: Sequence[Lattice] | None = None
+) -> StabilityMap:
     """Writes the per-trial and per-cell tables and the stability heatmaps of a sweep.
 
     Per loss, ``collapse_<loss>.png`` shows the collapse rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
@@ -127,7 +132,10 @@ def write_stability_map(trials: pd.DataFrame, out_dir: Path, *, stable_threshold
     Args:
         trials: One row per trial (see :func:`validate_trials`).
         out_dir: Output directory, created if needed.
-        stable_threshold: Largest collapse rate still called stable, in ``[0, 1]``.
+        stable_threshold: Largest failure rate still called stable, in ``[0, 1]``.
+        lattices: For an adaptive sweep, the grid lattices (:func:`sweep.adaptive.lattices`): every lattice cell the
+            sweep did not measure is added to ``cells.csv`` and the heatmaps with ``inferred=True`` and the
+            assumption its verdict rests on (or ``unmeasured``); measured cells get ``inferred=False``.
 
     Returns:
         The written files and the two frames.
@@ -139,6 +147,8 @@ def write_stability_map(trials: pd.DataFrame, out_dir: Path, *, stable_threshold
     if frame.empty:
         raise ValueError("trials frame has no rows: nothing to map")
     cells = aggregate_cells(frame, stable_threshold=stable_threshold)
+    if lattices is not None:
+        cells = with_inferred(cells, lattices)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = _write_tables({"trials": frame, "cells": cells}, out_dir)

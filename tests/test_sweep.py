@@ -529,7 +529,7 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
-def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path):
+def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path, short_tmp):
     """Two runs of one small sweep, one trial at a time and all at once: trial completion order and timing differ,
     the verdicts must not (no ASHA in the smoke config; statuses are pure functions of each trial's own reports)."""
     cells = {}
@@ -541,7 +541,7 @@ def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path):
             *("train.learning_rate=1e-3", "train.max_steps=3", "train.eval_steps=3"),
             f"resources.max_concurrent_trials={concurrency}",
             cwd=tmp_path,
-            env=make_env(tmp_path / f"ray{concurrency}"),
+            env=make_env(short_tmp / f"r{concurrency}"),
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         frame = pd.read_csv(results / "smoke" / "map" / "cells.csv")
@@ -549,3 +549,27 @@ def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path):
         cells[concurrency] = frame[columns].fillna({"beta_mix": 0.0}).to_dict("records")  # NaN != NaN
     assert cells[1] == cells[3]
     assert {cell["n_verdict"] for cell in cells[1]} == {1}  # every cell determined
+
+
+def test_adaptive_sweep_measures_part_of_the_grid_and_labels_what_it_inferred(tmp_path, short_tmp):
+    """dLRML on a 1 x 3 beta_kl line, adaptive search starting from its two ends (coarse_points=2): both ends
+    diverge (beta_kl = 500) or not alike, so the middle is either bisected (measured) or inferred from two equal
+    neighbours, and every cell of the lattice is in cells.csv, each labelled measured or inferred."""
+    results = tmp_path / "results"
+    proc = run_sweep(
+        *("--config", "smoke", "--no-mlflow", f"storage_path={results}", "search=adaptive"),
+        *("grid.losses=[dlrml]", "grid.beta_kl=[400,450,500]", "grid.beta_mix=[0.2]", "grid.seeds=[0,1]"),
+        *("adaptive.coarse_points=2", "adaptive.max_seeds_per_cell=1", "train.learning_rate=1e-3"),
+        *("train.max_steps=3", "train.eval_steps=3", "train.divergence.grace_steps=1"),
+        cwd=tmp_path,
+        env=make_env(short_tmp),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    map_dir = results / "smoke" / "map"
+    trials, cells = pd.read_csv(map_dir / "trials.csv"), pd.read_csv(map_dir / "cells.csv")
+    assert set(cells["beta_kl"]) == {400.0, 450.0, 500.0}
+    measured = cells[~cells["inferred"].astype(bool)]
+    assert set(measured["beta_kl"]) == set(trials["beta_kl"]) and {400.0, 500.0} <= set(measured["beta_kl"])
+    assert len(trials) <= 3 and (trials["seed"] == 0).all()
+    for cell in cells[cells["inferred"].astype(bool)].itertuples():
+        assert cell.n_trials == 0 and isinstance(cell.assumption, str) and cell.assumption
