@@ -16,6 +16,7 @@ import pandas as pd
 from sweep.adaptive import lattices
 from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
+from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
 from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray, on_worker_resources
@@ -42,30 +43,6 @@ MLFLOW_SPOOL = "mlflow_pending.jsonl"
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 """Bytes of memory the Tune side of a trial reserves (it holds no model)."""
-
-
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The MLflow params of a trial's nested run."""
-    trial, train = config["trial"], config["train"]
-    loss = trial["loss"]
-    return {
-        "loss": loss["name"],
-        "beta_kl": loss["beta_kl"],
-        "beta_mix": loss["beta_mix"],
-        "tau": loss["tau"],
-        "form": loss.get("form", "stable"),
-        "seed": trial["seed"],
-        "learning_rate": train["learning_rate"],
-        "model": train["model"],
-        "data": train["data"],
-        "per_device_batch_size": train["per_device_batch_size"],
-        "grad_accum": train["grad_accum"],
-        "max_steps": train["max_steps"],
-        "epochs": train["epochs"],
-        "precision": train["precision"],
-        "max_length": train["max_length"],
-        "num_workers": config["resources"]["num_workers"],
-    }
 
 
 @dataclass
@@ -196,29 +173,6 @@ class SweepDriver:
             for seed in self.config.grid.seeds
         ]
 
-    def run_name(self) -> str:
-        """The MLflow parent run's name, e.g. ``default: dpo, discopop, dlrml x beta_kl 0.05-1 (6 trials)``."""
-        grid = self.config.grid
-        betas = sorted(grid.beta_kl)
-        span = f"{betas[0]:g}" if len(betas) == 1 else f"{betas[0]:g}-{betas[-1]:g}"
-        return f"{self.config.name}: {', '.join(grid.losses)} x beta_kl {span} ({len(self.grid())} trials)"
-
-    def describe_grid(self) -> str:
-        """The parent run's description (markdown): what the sweep maps and how."""
-        grid, train = self.config.grid, self.config.train
-        lines = [
-            f"**{self.config.name}**: stability map of {', '.join(grid.losses)} on `{train.model}` / `{train.data}`.",
-            "",
-            f"- beta_kl: {', '.join(f'{b:g}' for b in grid.beta_kl)}",
-            f"- beta_mix (LRML family): {', '.join(f'{b:g}' for b in grid.beta_mix) or '-'}",
-            f"- forms (LRML family): {', '.join(grid.forms)}; seeds: {', '.join(map(str, grid.seeds))}",
-            f"- {len(self.grid())} trials x {self.total_steps()} steps, lr {train.learning_rate:g}, "
-            f"batch {train.per_device_batch_size} x {train.grad_accum}, {train.precision}",
-            '- verdicts per trial: stable / stalled / collapsed / diverged (README "Verdicts"); map and claims.md '
-            "under the `stability_map` artifacts",
-        ]
-        return "\n".join(lines)
-
     def print_plan(self) -> None:
         """Print the trials the sweep would run."""
         grid = self.grid()
@@ -294,7 +248,7 @@ class SweepDriver:
             claims = write_claims(
                 stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
             )
-            mlflow_pending = self._finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
+            mlflow_pending = finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
         except OSError as err:
             raise SweepOutputError(f"{err} (Tune's experiment state in {experiment_dir} keeps every result)") from err
         return SweepOutcome(
@@ -322,8 +276,8 @@ class SweepDriver:
             spool_path=experiment_dir / MLFLOW_SPOOL,
             divergence=config.train.divergence,
             verdicts=config.train.verdicts,
-            parent_run_name=self.run_name(),
-            description=self.describe_grid(),
+            parent_run_name=parent_run_name(config, len(self.grid())),
+            description=describe_grid(config, len(self.grid()), self.total_steps()),
         )
         tracker.start()
         return tracker
@@ -397,17 +351,6 @@ class SweepDriver:
             tune_config = tune.TuneConfig(scheduler=self._scheduler(), max_concurrent_trials=concurrency)
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
-    @staticmethod
-    def _finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap, claims: Path) -> int:
-        """End every trial's MLflow run with its status, log the map; returns the MLflow calls left undelivered."""
-        keys = ("reason", "steps", "attempts", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
-        for _, row in trials.iterrows():
-            summary = {k: row[k] for k in keys if k in row}
-            tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
-        tracker.log_artifacts([*stability.files, claims])
-        tracker.log_parent_metrics(_cell_metrics(stability.cells))
-        return tracker.close()
-
     def collect(self, results) -> pd.DataFrame:
         """One row per trial with its final status, from Tune's results (also after a resume); see
         :func:`sweep.trial_rows.trial_row`."""
@@ -431,20 +374,3 @@ class SweepDriver:
                 )
             )
         return pd.DataFrame(rows)
-
-
-def _clean(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in summary.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
-
-
-def _cell_metrics(cells: pd.DataFrame) -> dict[str, float]:
-    """The parent run's per-cell metrics; NaN results (no verdict, no score) are left out: MLflow's UI hides them."""
-    metrics = {}
-    for _, cell in cells.iterrows():
-        form = "" if cell.get("form", "stable") == "stable" else f"_{cell['form']}"
-        mix = "" if pd.isna(cell["beta_mix"]) else f"_bmix{cell['beta_mix']:g}"
-        prefix = f"cell/{cell['loss']}{form}_bkl{cell['beta_kl']:g}{mix}"
-        for name, column in (("failure_rate", "failure_rate"), ("eval_accuracy", "eval_accuracy_mean")):
-            if not pd.isna(cell[column]):
-                metrics[f"{prefix}/{name}"] = float(cell[column])
-    return metrics
