@@ -168,8 +168,8 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
         ),
         "accuracy": Panel(
             "eval_accuracy_mean",
-            "eval preference accuracy",
-            f"mean {HELD_OUT_ACCURACY} (non-diverged)",
+            "held-out accuracy",
+            f"mean {HELD_OUT_ACCURACY} (trials that did not diverge)",
             _SCORE_CMAP,
             acc_low,
             acc_high,

@@ -114,7 +114,7 @@ def _outline_legend(fig: Figure, stable_threshold: float) -> None:
     handle = Line2D([], [], color=_OUTLINE_COLOUR, linewidth=3.0)
     fig.legend(
         [handle],
-        [f"stable region (collapse rate \u2264 {stable_threshold:g})"],
+        [f"stable region (failure rate \u2264 {stable_threshold:g})"],
         loc="outside lower center",
         frameon=False,
         fontsize=9,
@@ -160,7 +160,8 @@ def _overview_figure(grids: dict[str, Grid], panels: Sequence[Panel], stable_thr
         ]
         for ax, loss in zip(row, grids, strict=True):
             ax.set_title(f"{loss}\n{panel.title}", fontsize=9)
-        fig.colorbar(images[-1], ax=list(row), shrink=0.9).set_label(panel.colorbar_label, fontsize=8)
+        # The short panel title, not the long label: rotated long labels of stacked colour bars overlap.
+        fig.colorbar(images[-1], ax=list(row), shrink=0.9, pad=0.02).set_label(panel.title, fontsize=8)
     fig.suptitle(f"Stability overview (up to {n_seeds} trial(s) per cell)", fontsize=12)
     _outline_legend(fig, stable_threshold)
     return fig
