@@ -130,7 +130,7 @@ def test_outage_is_queued_spooled_and_replayed_without_duplicates(server, tmp_pa
     assert tracker.pending == 0
 
     server.stop()
-    with caplog.at_level(logging.WARNING, logger="sweep.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweep.mlflow_delivery"):
         tracker.on_trial_result(0, [], trial, _result(2, 0.6))
         tracker.on_trial_result(0, [], trial, _result(3, float("nan")))
         tracker.finish_trial("t1", trial.config, "diverged", {"reason": "non_finite_loss (numerical)", "steps": 3})
