@@ -184,10 +184,9 @@ class MLflowTracker(MLflowDelivery, Callback):
         )
         if result.get(ReportKey.REPORT_TYPE) != ReportType.FINAL:
             self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
-        if result.get(ReportKey.REPORT_TYPE) in (ReportType.EVAL, ReportType.FINAL):
+        if result.get(ReportKey.REPORT_TYPE) == ReportType.EVAL:
             acc = result.get(HELD_OUT_ACCURACY, math.nan)
-            ending = " -> finished training" if result.get(ReportKey.FINAL) else ""
-            self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}{ending}")
+            self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """End the trial's nested run now, with the status its reported results give."""
