@@ -13,6 +13,11 @@ pip install --upgrade pip setuptools wheel
 pip install "torch==2.13.0"
 pip install --no-build-isolation "deepspeed==0.19.*"
 if [ "$extra" = "dev" ]; then
+  # llama-cpp-python (the tests' OpenAI-compatible judge server) builds from source. A native build (-march=native)
+  # uses AMX on CPUs that report it; a VM that reports AMX without enabling it kills the server with SIGILL on its
+  # first request. A portable build (GGML_NATIVE=OFF: no -march=native, no AMX) avoids that; --no-cache-dir keeps
+  # pip from reusing a native wheel built earlier.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pip install --no-cache-dir "llama-cpp-python[server]==0.3.36"
   pip install -e ".[dev]"
 else
   pip install -e .
