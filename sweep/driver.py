@@ -227,8 +227,9 @@ class SweepDriver:
         init_ray(self.address)
         concurrency = self._max_concurrent(ray.cluster_resources())
         experiment_dir = Path(self.storage_path) / config.name
+        searched = " in the grid, searched adaptively" if config.search == "adaptive" else ""
         print(
-            f"[sweep] {config.name}: {len(self.grid())} trials, {self.total_steps()} steps each, "
+            f"[sweep] {config.name}: {len(self.grid())} trials{searched}, {self.total_steps()} steps each, "
             f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
         )
         print(self.data_summary.describe())
