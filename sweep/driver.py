@@ -135,12 +135,13 @@ class SweepDriver:
             raise SweepInputError(f"train.data: {err}") from None
         except (FileNotFoundError, ValueError, OSError) as err:
             raise SweepInputError(f"train.data {train.data!r}: {err}") from None
-        self.data_summary = summarize_data(self.data, load_tokenizer(train.model), train.max_length)
+        tokenizer = load_tokenizer(train.model)
+        self.data_summary = summarize_data(self.data, tokenizer, train.max_length)
         try:
             self.data_summary.check(train.per_device_batch_size * train.grad_accum * self.config.resources.num_workers)
         except ValueError as err:
             raise SweepInputError(f"train.data: {err}") from None
-        check_mt_bench(self.config)
+        check_mt_bench(self.config, tokenizer)
 
     def _check_existing_sweep(self) -> None:
         """Rerunning the same sweep resumes it; a different config under the same name needs ``--resume``."""

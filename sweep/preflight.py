@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlparse
 
+from transformers import PreTrainedTokenizerBase
+
 from evaluation.config import EvalConfig
 from evaluation.generation import render_chat
 from evaluation.judges import JudgeError, OpenAIJudge
@@ -24,8 +26,12 @@ class SweepInputError(ValueError):
     """An input (config, model, data, resources, evaluation) cannot work; raised before any trial starts."""
 
 
-def check_mt_bench(config: SweepConfig) -> None:
+def check_mt_bench(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """Everything MT-Bench will need after training, when ``mt_bench.policy`` selects any trial.
+
+    Args:
+        config: The sweep config.
+        tokenizer: The policy's tokenizer if the caller has it loaded already (else loaded here).
 
     Raises:
         SweepInputError: Questions or judge files unreadable, the judge's API key unset, its endpoint unreachable,
@@ -40,7 +46,7 @@ def check_mt_bench(config: SweepConfig) -> None:
         raise SweepInputError(f"mt_bench.eval (questions / judge prompts / references): {err}") from None
     if cfg.judge_backend == "openai":
         _check_openai_judge(cfg)
-    _check_context(config.train.model, data, cfg.max_new_tokens)
+    _check_context(config.train.model, data, cfg.max_new_tokens, tokenizer)
 
 
 def _check_openai_judge(cfg: EvalConfig) -> None:
@@ -58,7 +64,9 @@ def _check_openai_judge(cfg: EvalConfig) -> None:
         raise SweepInputError(f"mt_bench.eval.judge_base_url: {cfg.judge_base_url} is not reachable ({err})") from None
 
 
-def _check_context(model: str, data: MTBenchData, max_new_tokens: int) -> None:
+def _check_context(
+    model: str, data: MTBenchData, max_new_tokens: int, tokenizer: PreTrainedTokenizerBase | None
+) -> None:
     """The longest conversation the answers need, with both turns' budgets, must fit the model's context.
 
     The second turn's prompt holds the first answer (up to ``max_new_tokens``), so a question needs its two user
@@ -72,7 +80,7 @@ def _check_context(model: str, data: MTBenchData, max_new_tokens: int) -> None:
     context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     if context is None:
         return
-    tokenizer = load_tokenizer(model)
+    tokenizer = tokenizer or load_tokenizer(model)
     for question in data.questions:
         messages = []
         for turn, text in enumerate(question.turns, start=1):

@@ -239,16 +239,7 @@ def cell_trial(trial_id: str, loss: str, seed: int, form: str = "stable") -> typ
 
 
 def cell_aware(seeds: list[int]) -> CellAwareASHA:
-    return CellAwareASHA(
-        protected=first_seed_protected(seeds),
-        time_attr=STEP,
-        metric=ACCURACY,
-        mode="max",
-        max_t=9,
-        grace_period=2,
-        reduction_factor=2,
-        stop_last_trials=False,
-    )
+    return make_scheduler(CellAwareASHA, protected=first_seed_protected(seeds))
 
 
 def run_cell_rung(scheduler: CellAwareASHA, trials: list[tuple[types.SimpleNamespace, float]]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from trainers.data_summary import summarize_data
 from trainers.models import load_tokenizer
 from trainers.protocol import HELD_OUT_ACCURACY, STEP_METRICS
 from trainers.trial_runner import load_trial_data, run_trial
-from trainers.typed_config import add_config_arguments, apply_overrides, build, fields_help, overrides_from_args
+from trainers.typed_config import apply_overrides, build, config_parser, overrides_from_args
 
 
 def format_step(step: int, metrics: dict[str, float]) -> str | None:
@@ -67,13 +67,13 @@ CONFIG_ALIASES = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trainers.train",
-        description="Train one DPO-family trial and report collapse statistics and its stability verdict.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=fields_help(TrialConfig, "trial config fields (set any with --set key=value; values are YAML):"),
+    p = config_parser(
+        "python -m trainers.train",
+        "Train one DPO-family trial and report collapse statistics and its stability verdict.",
+        TrialConfig,
+        CONFIG_ALIASES,
+        title="trial config fields (set any with --set key=value; values are YAML):",
     )
-    add_config_arguments(p, TrialConfig, CONFIG_ALIASES)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     return p
 

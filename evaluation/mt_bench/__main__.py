@@ -16,7 +16,7 @@ from pathlib import Path
 from evaluation.config import EvalConfig
 from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
 from evaluation.mt_bench import format_scores, load_mt_bench_data, run_mt_bench, safe_name
-from trainers.typed_config import add_config_arguments, apply_overrides, build, fields_help, overrides_from_args
+from trainers.typed_config import apply_overrides, build, config_parser, overrides_from_args
 
 CONFIG_ALIASES = {
     "--judge-backend": "judge_backend",
@@ -43,17 +43,17 @@ CONFIG_ALIASES = {
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.mt_bench",
-        description="MT-Bench single-answer grading (FastChat llm_judge) of a causal LM.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=fields_help(EvalConfig, "MT-Bench config fields (set any with --set key=value; values are YAML):"),
+    parser = config_parser(
+        "python -m evaluation.mt_bench",
+        "MT-Bench single-answer grading (FastChat llm_judge) of a causal LM.",
+        EvalConfig,
+        CONFIG_ALIASES,
+        title="MT-Bench config fields (set any with --set key=value; values are YAML):",
     )
     parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--model-id", help="name of the evaluated model (default: derived from --model)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
-    add_config_arguments(parser, EvalConfig, CONFIG_ALIASES)
     return parser
 
 

@@ -127,6 +127,21 @@ def add_config_arguments(
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, like --set")
 
 
+def config_parser(
+    prog: str, description: str, cls: type, aliases: Mapping[str, str] | None = None, *, title: str
+) -> argparse.ArgumentParser:
+    """A CLI parser over config class ``cls``: ``--help`` ends with every field (:func:`fields_help` under ``title``)
+    and every field is settable (:func:`add_config_arguments`); callers add their own extra arguments."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_help(cls, title),
+    )
+    add_config_arguments(parser, cls, aliases)
+    return parser
+
+
 def overrides_from_args(args: argparse.Namespace) -> list[Override]:
     """The overrides a parser extended by :func:`add_config_arguments` collected: positional ones, then the flags
     and ``--set`` in command-line order (a later one wins)."""
