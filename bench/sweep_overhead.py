@@ -13,6 +13,8 @@ after the other, and its trial compute is the sum of those processes' wall times
 model load and reference pass; the sweep pays the reference pass once).
 
 * overhead = (sweep wall - sum of standalone walls) / sum of standalone walls (negative: the sweep is faster).
+* per-trial overhead = a trial's wall time minus its own work (steps, evaluations, save: ``timing/work_s``); a
+  later trial's wall runs from the previous trial's end (trials run one at a time).
 * first step = the earliest training-step report in Tune's ``result.json`` files (``timestamp``, 1 s resolution)
   minus the time ``sweep/run.py`` was launched.
 """
@@ -91,18 +93,46 @@ def _run_sweep(overrides: list[str], tmp_path: Path) -> dict[str, object]:
     load_before = load_average()
     launched, sweep_wall = run_logged(sweep_command("overhead", storage, overrides), tmp_path / "sweep.log")
     load_sweep = load_average()
-    reports = [r for r in tune_results(storage, "overhead") if r.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN]
+    results = tune_results(storage, "overhead")
+    reports = [r for r in results if r.get(ReportKey.REPORT_TYPE) == ReportType.TRAIN]
     if not reports:
         raise RuntimeError(f"no training-step report in {storage / 'overhead'}")
+    finals = [r for r in results if r.get(ReportKey.REPORT_TYPE) == ReportType.FINAL]
     log = (tmp_path / "sweep.log").read_text()
     match = re.search(r"reference log-probs \S+ ready in ([\d.]+) s", log)
     return {
         "sweep_wall_s": sweep_wall,
         "first_step_s": min(r["timestamp"] for r in reports) - launched,
         "reference_s": float(match.group(1)) if match else None,
+        **_per_trial_overhead(finals),
         "sweep_statuses": trials_table(storage, "overhead")["status"].value_counts().to_dict(),
         "load_average_before": load_before,
         "load_average_after_sweep": load_sweep,
+    }
+
+
+def _per_trial_overhead(finals: list[dict]) -> dict[str, object]:
+    """Per-trial overhead of trials that ran one after another: wall time minus the trial's own work.
+
+    A trial's own work (steps, held-out evaluations, final save) is its ``timing/work_s``. The first trial's wall
+    is from when its process began the trial to its end (the process start before it counts in the first step);
+    a later trial's wall is from the previous trial's end to its own end: Tune's scheduling, the reused process's
+    reset, data, model copy and trainer set-up are all overhead.
+    """
+    finals = sorted(finals, key=lambda r: r[ReportKey.ENDED_AT])
+    if not finals:
+        return {"first_trial_overhead_s": None, "later_trial_overhead_s": []}
+    first = finals[0]
+    later = [
+        cur[ReportKey.ENDED_AT] - prev[ReportKey.ENDED_AT] - cur[ReportKey.WORK_SECONDS]
+        for prev, cur in zip(finals, finals[1:], strict=False)
+    ]
+    return {
+        "first_trial_overhead_s": first[ReportKey.ENDED_AT]
+        - first[ReportKey.STARTED_AT]
+        - first[ReportKey.WORK_SECONDS],
+        "later_trial_overhead_s": later,
+        "trial_work_s": [r[ReportKey.WORK_SECONDS] for r in finals],
     }
 
 
@@ -137,6 +167,10 @@ def _print_summary(results: dict[str, object]) -> None:
     print(f"{'launch -> first trial step (s)':<36} {results['first_step_s']:>10.1f}   {load_sweep}")
     if results["reference_s"] is not None:
         print(f"{'  of which shared reference pass (s)':<36} {results['reference_s']:>10.1f}")
+    if results["first_trial_overhead_s"] is not None:
+        print(f"{'first trial overhead (s)':<36} {results['first_trial_overhead_s']:>10.1f}")
+    for i, overhead in enumerate(results["later_trial_overhead_s"], start=2):
+        print(f"{f'trial {i} overhead (s, warm process)':<36} {overhead:>10.1f}")
     print(f"sweep trial statuses: {results['sweep_statuses']}")
 
 
@@ -165,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_fraction": (sweep["sweep_wall_s"] - total_standalone) / total_standalone,
         "first_step_s": sweep["first_step_s"],
         "reference_s": sweep["reference_s"],
+        "first_trial_overhead_s": sweep["first_trial_overhead_s"],
+        "later_trial_overhead_s": sweep["later_trial_overhead_s"],
+        "trial_work_s": sweep.get("trial_work_s", []),
         "sweep_statuses": sweep["sweep_statuses"],
         "load_average_before": sweep["load_average_before"],
         "load_average_after_sweep": sweep["load_average_after_sweep"],

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sweep.config import SweepConfig, to_dict
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
 from sweep.preflight import SweepInputError, check_mt_bench
-from sweep.ray_cluster import init_ray, on_worker_resources
+from sweep.ray_cluster import init_ray, joins_cluster, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
@@ -38,11 +39,11 @@ class SweepOutputError(OSError):
 CONFIG_FILE = "sweep_config.json"
 """The sweep's config, stored in its experiment directory: rerunning the same config resumes the sweep."""
 
+PROGRESS_TABLE_EVERY_S = 30.0
+"""Seconds between the status tables a running sweep prints."""
+
 MLFLOW_SPOOL = "mlflow_pending.jsonl"
 """File in the experiment directory holding MLflow updates not yet delivered (replayed on ``--resume``)."""
-
-TRIAL_DRIVER_MEMORY = 256 * 1024**2
-"""Bytes of memory the Tune side of a trial reserves (it holds no model)."""
 
 
 @dataclass
@@ -201,13 +202,29 @@ class SweepDriver:
         fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
         return min(fit, resources.max_concurrent_trials or fit)
 
-    def _shared_reference(self) -> ReferenceLogps:
-        """Compute (or reuse) the sweep's reference log-probs as a Ray task on one trial worker's resources."""
-        import ray
+    def _reference_in_driver(self) -> bool:
+        """Whether the reference pass runs in this process, while a local Ray instance starts.
 
-        task = on_worker_resources(compute_reference_logps, self.config.resources)
+        On CPU with a local instance, the driver has already imported the ML stack (to check the data), and a Ray
+        task would start a fresh process that imports it again; on a cluster or a GPU the pass runs as a Ray task
+        on one trial worker's resources (its GPU, its node's view of the shared storage).
+        """
+        return self.config.share_reference and not self.config.resources.use_gpu and not joins_cluster(self.address)
+
+    def _shared_reference(self, in_driver: bool) -> ReferenceLogps:
+        """Compute (or reuse) the sweep's reference log-probs: here, or as a Ray task (:meth:`_reference_in_driver`)."""
         started = time.monotonic()
-        reference = ray.get(task.remote(self.config.train, self.data, str(Path(self.storage_path) / "reference")))
+        root = str(Path(self.storage_path) / "reference")
+        if in_driver:
+            from sweep.ray_trial import quiet_progress_bars
+
+            quiet_progress_bars()
+            reference = compute_reference_logps(self.config.train, self.data, root)
+        else:
+            import ray
+
+            task = on_worker_resources(compute_reference_logps, self.config.resources)
+            reference = ray.get(task.remote(self.config.train, self.data, root))
         print(
             f"[sweep] reference log-probs {reference.key} ready in {time.monotonic() - started:.1f} s: {reference.path}"
         )
@@ -222,11 +239,18 @@ class SweepDriver:
             self.validate_inputs()
         # Training-step reports legitimately lack the held-out metric ASHA ranks on (it comes every eval_steps).
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        # Tune's console output off entirely (its experiment banner too): sweep.progress prints what a user watches.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         # Ray Train's print patch defeats dill's stdout capture (behind datasets' fingerprinting), which then
         # floods the driver log with bytecode listings. Inherited by a local Ray instance's workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        init_ray(self.address)
-        concurrency = self._max_concurrent(ray.cluster_resources())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as pool:
+            # A reference pass in this process overlaps with the start of the local Ray instance.
+            in_driver = self._reference_in_driver()  # decided before init_ray, which changes what it looks at
+            early = pool.submit(self._shared_reference, True) if in_driver else None
+            init_ray(self.address)
+            concurrency = self._max_concurrent(ray.cluster_resources())
+            reference = early.result() if early else None
         experiment_dir = Path(self.storage_path) / config.name
         searched = " in the grid, searched adaptively" if config.search == "adaptive" else ""
         print(
@@ -234,7 +258,8 @@ class SweepDriver:
             f"up to {concurrency or 'unbounded'} at once; results in {experiment_dir}"
         )
         print(self.data_summary.describe())
-        reference = self._shared_reference() if config.share_reference else None
+        if config.share_reference and reference is None:
+            reference = self._shared_reference(in_driver=False)
         tracker = self._start_tracker(experiment_dir)
         tuner = self._tuner(experiment_dir, concurrency, reference, tracker)
         experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -307,13 +332,12 @@ class SweepDriver:
         """A new Tuner over the grid, or the restored one of a sweep being resumed."""
         from ray import tune
 
-        from sweep.ray_trial import tune_trial
+        from sweep.progress import TrialProgress
+        from sweep.ray_trial import trial_resources, tune_trial
         from sweep.stoppers import DivergenceStopper
 
         config = self.config
-        # The Tune trial only waits on its TorchTrainer, whose workers hold the CPUs/GPUs on their own placement
-        # group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
-        trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+        trainable = tune.with_resources(tune_trial, trial_resources(config.resources))
         param_space = {
             "train": dataclasses.asdict(config.train),
             "resources": dataclasses.asdict(config.resources),
@@ -333,13 +357,14 @@ class SweepDriver:
             return tune.Tuner.restore(
                 str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
             )
+        progress = TrialProgress(config.train.divergence, config.train.verdicts, table_every_s=PROGRESS_TABLE_EVERY_S)
         run_config = tune.RunConfig(
             name=config.name,
             storage_path=self.storage_path,
             stop=DivergenceStopper(config.train.divergence),
-            callbacks=[tracker] if tracker else [],
+            callbacks=[progress, tracker] if tracker else [progress],
             failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
-            verbose=1,
+            verbose=0,  # TrialProgress prints one line per trial event instead of a config table per trial
         )
         if config.search == "adaptive":
             from sweep.adaptive_searcher import AdaptiveSearcher
@@ -347,10 +372,16 @@ class SweepDriver:
             # Never pruned (validation refuses ASHA with adaptive search): the divergence stopper alone ends trials.
             searcher = AdaptiveSearcher(config)
             tune_config = tune.TuneConfig(
-                search_alg=searcher, num_samples=searcher.num_samples, max_concurrent_trials=concurrency
+                search_alg=searcher,
+                num_samples=searcher.num_samples,
+                max_concurrent_trials=concurrency,
+                reuse_actors=True,
             )
         else:
-            tune_config = tune.TuneConfig(scheduler=self._scheduler(), max_concurrent_trials=concurrency)
+            # A finished one-worker trial's process (imports, tokenizer, base weights loaded) runs the next trial.
+            tune_config = tune.TuneConfig(
+                scheduler=self._scheduler(), max_concurrent_trials=concurrency, reuse_actors=True
+            )
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
     def collect(self, results) -> pd.DataFrame:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from sweep.config import ResourcesConfig
+
+WORKER_LOGS_ON_CLUSTER = "each node's /tmp/ray/session_latest/logs (also `ray logs` and the dashboard)"
 
 
 def on_worker_resources(fn: Callable, resources: ResourcesConfig):
@@ -20,6 +23,14 @@ def on_worker_resources(fn: Callable, resources: ResourcesConfig):
     )(fn)
 
 
+def joins_cluster(address: str | None) -> bool:
+    """Whether :func:`init_ray` joins a running Ray cluster (else it starts a local instance)."""
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return ray.is_initialized() or canonicalize_bootstrap_address(address) is not None
+
+
 def init_ray(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (else ``RAY_ADDRESS`` or the one ``ray start`` recorded), or start one.
 
@@ -29,10 +40,12 @@ def init_ray(address: str | None) -> None:
     diverged), and later trials wait forever for those CPUs.
     """
     import ray
-    from ray._private.services import canonicalize_bootstrap_address
 
-    if ray.is_initialized() or canonicalize_bootstrap_address(address) is not None:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    # Workers' output (library warnings, progress bars of every trial) stays in the logs on disk: the driver prints
+    # one line per trial event instead (sweep.progress).
+    if joins_cluster(address):
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        print(f"[sweep] worker logs: {WORKER_LOGS_ON_CLUSTER}")
         return
     with socket.socket() as sock:
         sock.bind(("", 0))
@@ -40,6 +53,7 @@ def init_ray(address: str | None) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node when it starts its GCS
     try:
         gcs_address = f"{ray.util.get_node_ip_address()}:{port}"
-        ray.init(log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
+        context = ray.init(log_to_driver=False, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
+    print(f"[sweep] worker logs: {Path(context.address_info['session_dir']) / 'logs'}")

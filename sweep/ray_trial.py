@@ -1,9 +1,11 @@
-"""One sweep trial on Ray: a Tune function trainable that runs a Ray Train ``TorchTrainer``.
+"""One sweep trial on Ray: a Tune function trainable that trains in its own process, or on a ``TorchTrainer``.
 
-This follows the Tune/Train interop that Ray 2.60 documents for Train V2: the Tune trial
-(:func:`tune_trial`) builds a ``TorchTrainer`` whose ``ScalingConfig`` gives the trial its own placement group
-(one bundle per worker; gloo on CPUs, NCCL on GPUs), and ``TuneReportCallback`` forwards rank 0's
-``ray.train.report`` calls to Tune, where the divergence stopper, ASHA and the MLflow callback see them.
+A one-worker trial trains in the Tune trial's process (:func:`tune_trial`), which Tune reuses across trials, so
+imports, the tokenizer and the base weights are paid once per process. A multi-worker trial follows the Tune/Train
+interop that Ray 2.60 documents for Train V2: the Tune trial builds a ``TorchTrainer`` whose ``ScalingConfig``
+gives the trial its own placement group (one bundle per worker; gloo on CPUs, NCCL on GPUs), and
+``TuneReportCallback`` forwards rank 0's ``ray.train.report`` calls to Tune. Either way the divergence stopper,
+ASHA and the MLflow callback see the same reports.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,7 @@ import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from sweep.config import ResourcesConfig
 from trainers.config import LossConfig, TrainConfig
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType
 
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
 # transformers, TRL, datasets and the evaluation stack are imported where they are used: this module is also
 # imported by each trial's Tune actor and Train controller, which only wait on the workers, and importing them there
 # would add seconds to every trial's start on a CPU-bound node.
+
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
+"""Bytes of memory the Tune side of a multi-worker trial reserves (it holds no model)."""
 
 CONTROLLER_RETRIES = 3
 """Attempts of a trial's Train controller to start its worker group before the trial fails."""
@@ -46,35 +53,46 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker loop: train one trial, reporting every logged step and the final verdict.
+def quiet_progress_bars() -> None:
+    """No progress bars from datasets, transformers and TRL in this process: many trials' bars interleave into noise,
+    and the sweep prints one line per trial event instead (:mod:`sweep.progress`)."""
+    import datasets
+    import transformers
+
+    os.environ["TQDM_DISABLE"] = "1"  # read at each call by TRL's reference pass
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]], None], *, warm: bool) -> None:
+    """Train one trial, reporting every logged step, every held-out evaluation and the final verdict.
 
     Args:
         config: ``{"train": TrainConfig fields, "loss": LossConfig fields, "reference": ReferenceLogps fields or
             None}``.
+        report: ``ray.tune.report`` in a one-process trial, ``ray.train.report`` on each worker of a multi-worker
+            one (every rank reports; Ray Train forwards rank 0's reports to Tune).
+        warm: Reuse the base weights and tokenizer this process already holds (:mod:`trainers.model_cache`).
     """
-    import datasets
-
     from trainers.reference import ReferenceLogps
     from trainers.trial_runner import run_trial
 
-    os.environ["TQDM_DISABLE"] = "1"  # progress bars of many workers interleave into noise in the driver log
-    datasets.disable_progress_bars()
+    started_at = time.time()
+    quiet_progress_bars()
     train = TrainConfig(**config["train"])
     loss = LossConfig(**config["loss"])
-    _log_worker(Path(train.output_dir), ray.train.get_context().get_world_rank())
     latest: dict[str, float] = {}
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def on_metrics(step: int, metrics: dict[str, float]) -> None:
         values = _scalar_metrics(metrics)
         if HELD_OUT_ACCURACY in values:
-            ray.train.report(_report(values, step, ReportType.EVAL))
+            report(_report(values, step, ReportType.EVAL))
         elif Metric.LOSS in values:
             latest.update(values)
-            ray.train.report(_report(values, step, ReportType.TRAIN))
+            report(_report(values, step, ReportType.TRAIN))
 
     reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
-    result = run_trial(train, loss, reference=reference, on_metrics=report)
+    result = run_trial(train, loss, reference=reference, on_metrics=on_metrics, warm=warm)
     verdict = result.verdict
     final = {
         **latest,
@@ -82,10 +100,19 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         **_scalar_metrics(result.eval_metrics),
         ReportKey.FINAL.value: 1,
         ReportKey.EVAL_PAIRS.value: result.eval_pairs,
+        ReportKey.STARTED_AT.value: started_at,
+        ReportKey.WORK_SECONDS.value: result.work_seconds,
+        ReportKey.ENDED_AT.value: time.time(),
         "verdict/diverged": float(verdict.diverged),
         "verdict/step": float(verdict.step) if verdict.step is not None else math.nan,
     }
-    ray.train.report(_report(final, result.steps, ReportType.FINAL))
+    report(_report(final, result.steps, ReportType.FINAL))
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker loop of a multi-worker trial (a fresh process per trial: nothing to keep warm)."""
+    _log_worker(Path(config["train"]["output_dir"]), ray.train.get_context().get_world_rank())
+    train_and_report(config, ray.train.report, warm=False)
 
 
 def _report(values: dict[str, float], step: int, kind: ReportType) -> dict[str, float]:
@@ -132,8 +159,28 @@ def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, o
     return str(write_answers(model, load_tokenizer(model_dir), cfg, Path(out_dir), model_id))
 
 
+def trial_resources(resources: ResourcesConfig) -> dict[str, float]:
+    """What the Tune side of a trial reserves.
+
+    A one-worker trial trains in the Tune trial's own process, which holds the worker's CPUs and GPUs. A
+    multi-worker trial's Tune side only waits on its ``TorchTrainer``, whose workers hold the CPUs/GPUs on their own
+    placement group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
+    """
+    if resources.num_workers == 1:
+        needs = {"cpu": resources.cpus_per_worker}
+        if resources.use_gpu:
+            needs["gpu"] = resources.gpus_per_worker
+        return needs
+    return {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+
+
 def tune_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: run the trial's ``TorchTrainer`` on its own placement group.
+    """Tune function trainable: one trial, in this process or on a ``TorchTrainer`` of several workers.
+
+    With ``resources.num_workers == 1`` the trial trains right here: no Train controller, no worker group, no DDP
+    wrapper, and a process Tune reuses for the next trial (``reuse_actors``) starts it warm. Otherwise it runs a
+    ``TorchTrainer`` on its own placement group (one bundle per worker; gloo on CPUs, NCCL on GPUs), whose rank 0
+    reports reach Tune through ``TuneReportCallback``. Both report the same metrics.
 
     Args:
         config: ``{"trial": {"loss": ..., "seed": ...}, "train": base TrainConfig fields, "resources": ...}``
@@ -144,13 +191,18 @@ def tune_trial(config: dict[str, Any]) -> None:
     resources = config["resources"]
     train = {**config["train"], "seed": trial["seed"]}
     train["output_dir"] = str(trial_output_dir(config["storage_path"], config["experiment"], context.get_trial_id()))
+    loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference")}
+    if resources["num_workers"] == 1:
+        _log_worker(Path(train["output_dir"]), rank=0)
+        train_and_report(loop_config, ray.tune.report, warm=True)
+        return
     use_gpu = resources["use_gpu"]
     worker_resources = {"CPU": resources["cpus_per_worker"]}
     if use_gpu:
         worker_resources["GPU"] = resources["gpus_per_worker"]
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"train": train, "loss": trial["loss"], "reference": config.get("reference")},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources["num_workers"], use_gpu=use_gpu, resources_per_worker=worker_resources

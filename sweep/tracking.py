@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from ray.tune import Callback
 
 from sweep.mlflow_delivery import (
@@ -47,9 +46,9 @@ from sweep.mlflow_delivery import (
     is_number,
     scrub,
 )
-from sweep.trial_rows import replay_behaviour, replay_verdict, trial_status
+from sweep.trial_rows import status_of_reports, tune_trial_error
 from trainers.collapse import DivergenceConfig
-from trainers.protocol import BOOKKEEPING_KEYS, HELD_OUT_ACCURACY, ReportKey, ReportType
+from trainers.protocol import BOOKKEEPING_KEYS, ReportKey, ReportType
 from trainers.verdicts import VerdictConfig
 
 __all__ = [
@@ -97,7 +96,6 @@ class MLflowTracker(MLflowDelivery, Callback):
         sweep_params: Flat parameters of the whole sweep (logged on the parent run).
         trial_params: Maps a Tune trial config to the nested run's params.
         trial_name: Maps a Tune trial config to the nested run's name.
-        echo: Where progress lines go (``print`` by default).
         spool_path: File that keeps undelivered operations across driver restarts.
         retry_interval_s: Seconds between delivery attempts while the server is down.
         divergence: The sweep's divergence thresholds (``train.divergence``), to judge a trial when it ends.
@@ -115,7 +113,6 @@ class MLflowTracker(MLflowDelivery, Callback):
         sweep_params: Mapping[str, Any],
         trial_params: Callable[[dict], Mapping[str, Any]],
         trial_name: Callable[[dict], str],
-        echo: Callable[[str], None] | None = None,
         spool_path: str | Path | None = None,
         retry_interval_s: float = 15.0,
         divergence: DivergenceConfig | None = None,
@@ -135,7 +132,6 @@ class MLflowTracker(MLflowDelivery, Callback):
             parent_run_name=parent_run_name,
             description=description,
         )
-        self.echo = echo or _echo
         self.divergence = divergence or DivergenceConfig()
         self.verdicts = verdicts or VerdictConfig()
         self._results: dict[str, list[dict[str, Any]]] = {}
@@ -163,7 +159,6 @@ class MLflowTracker(MLflowDelivery, Callback):
         self._submit(
             {"op": "trial", "trial_id": trial.trial_id, "config": config, "timestamp": int(time.time() * 1000)}
         )
-        self.echo(f"[sweep] started {trial.trial_id}: {self.trial_name(config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """Log one reported step's metrics (NaN/Inf included: they are the evidence of divergence).
@@ -184,9 +179,6 @@ class MLflowTracker(MLflowDelivery, Callback):
         )
         if result.get(ReportKey.REPORT_TYPE) != ReportType.FINAL:
             self._submit({"op": "metrics", "trial_id": trial.trial_id, "config": config, "metrics": metrics})
-        if result.get(ReportKey.REPORT_TYPE) == ReportType.EVAL:
-            acc = result.get(HELD_OUT_ACCURACY, math.nan)
-            self.echo(f"[sweep] {self.trial_name(config)} step {step}: held-out acc={acc:.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """End the trial's nested run now, with the status its reported results give."""
@@ -194,7 +186,7 @@ class MLflowTracker(MLflowDelivery, Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """End the trial's nested run now as errored (Tune calls this once its retries are spent)."""
-        self._end(trial, error=_trial_error(trial))
+        self._end(trial, error=tune_trial_error(trial))
 
     def _end(self, trial, error: BaseException | None) -> None:
         """Judge a trial from its reported results (as the driver will) and queue the end of its run."""
@@ -202,10 +194,7 @@ class MLflowTracker(MLflowDelivery, Callback):
         if results is None:  # never started under this driver: its run ends with the sweep's summary
             return
         try:
-            history = pd.DataFrame(results) if results else None
-            last = results[-1] if results else {}
-            verdict = replay_verdict(history, self.divergence)
-            status, reason = trial_status(verdict, replay_behaviour(history, last, self.verdicts), last, error)
+            status, reason = status_of_reports(results, error, self.divergence, self.verdicts)
         except Exception as err:  # noqa: BLE001 - a judging bug must not stop the sweep: the summary ends the run
             logger.warning("could not judge trial %s as it ended (%s); its MLflow run ends with the sweep", trial, err)
             return
@@ -219,7 +208,6 @@ class MLflowTracker(MLflowDelivery, Callback):
                 "timestamp": int(time.time() * 1000),
             }
         )
-        self.echo(f"[sweep] {self.trial_name(trial.config)} ended: {status.value}" + (f" ({reason})" if reason else ""))
 
     # -- end of sweep ---------------------------------------------------------------------------------------------
 
@@ -290,24 +278,9 @@ class MLflowTracker(MLflowDelivery, Callback):
         return self.spool()
 
 
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
-
 def _is_value(value: Any) -> bool:
     """A number MLflow's UI shows: summary metrics skip NaN (step metrics keep it, as evidence of divergence)."""
     return is_number(value) and not math.isnan(value)
-
-
-def _trial_error(trial) -> BaseException:
-    """The error Tune recorded for a failed trial, as the driver's results will carry it (a placeholder if none)."""
-    try:
-        error = trial.get_pickled_error() or trial.get_error()
-    except Exception:  # noqa: BLE001 - a stand-in trial or an unreadable error file: the status is errored anyway
-        error = None
-    if isinstance(error, BaseException):
-        return error
-    return RuntimeError(str(error).strip() if error else "trial errored (no error recorded)")
 
 
 _NOT_METRICS = frozenset(

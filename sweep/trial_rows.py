@@ -176,3 +176,35 @@ def _last_value(history: pd.DataFrame | None, column: str) -> float:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def status_of_reports(
+    results: list[Mapping[str, Any]],
+    error: BaseException | None,
+    divergence: DivergenceConfig,
+    verdicts: VerdictConfig,
+) -> tuple[TrialStatus, str | None]:
+    """A trial's status and reason from the reports Tune received, as it ends (the driver later judges the same
+    reports from Tune's results with the same rules).
+
+    Args:
+        results: The trial's reports in order (flat dicts, as Tune passes them to callbacks).
+        error: The error Tune recorded if the trial failed (:func:`tune_trial_error`), else ``None``.
+        divergence: The sweep's divergence rules.
+        verdicts: The sweep's verdict thresholds.
+    """
+    history = pd.DataFrame(results) if results else None
+    last = results[-1] if results else {}
+    verdict = replay_verdict(history, divergence)
+    return trial_status(verdict, replay_behaviour(history, last, verdicts), last, error)
+
+
+def tune_trial_error(trial) -> BaseException:
+    """The error Tune recorded for a failed trial, as the driver's results will carry it (a placeholder if none)."""
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # noqa: BLE001 - a stand-in trial or an unreadable error file: the status is errored anyway
+        error = None
+    if isinstance(error, BaseException):
+        return error
+    return RuntimeError(str(error).strip() if error else "trial errored (no error recorded)")

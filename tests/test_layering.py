@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "trainers.embedded_model",
         "trainers.tiny_model",
         "trainers.models",
+        "trainers.model_cache",
     ),
     (
         "trainers.dpo_config",

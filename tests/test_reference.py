@@ -12,7 +12,7 @@ import pytest
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import load_preference_data
 from trainers.models import save_tiny_model
-from trainers.reference import attach_reference_logps, compute_reference_logps, reference_key
+from trainers.reference import compute_reference_logps, reference_datasets, reference_key
 from trainers.trial_runner import run_trial
 
 TIMING_KEYS = ("runtime", "per_second")
@@ -66,20 +66,27 @@ def test_second_sweep_reuses_stored_logps(base, data, tmp_path):
     stamp = marker.stat().st_mtime_ns
     again = compute_reference_logps(base, data, tmp_path)
     assert again == first and marker.stat().st_mtime_ns == stamp
-    train, held_out = attach_reference_logps(data, first)
+    train, held_out = reference_datasets(data, first)
     assert len(train) == len(data.train) and len(held_out) == len(data.eval)
     values = list(train["ref_chosen_logps"]) + list(held_out["ref_rejected_logps"])
     assert all(math.isfinite(v) and v < 0 for v in values)
+    # The pairs come tokenised: the prompt ids followed by the completion ids are the tokenised prompt + completion.
+    assert all(len(ids) > 0 for ids in train["chosen_ids"]) and all(len(ids) > 0 for ids in held_out["prompt_ids"])
 
 
-@pytest.mark.parametrize("loss", [LossConfig("dlrml", 0.1, 0.2), LossConfig("ipo", 0.5)])
-def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss):
+@pytest.mark.parametrize(
+    ("loss", "max_steps"), [(LossConfig("dlrml", 0.1, 0.2), -1), (LossConfig("ipo", 0.5), 3)], ids=["all", "subset"]
+)
+def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss, max_steps):
+    """Same numbers whether a trial tokenises its pairs and runs its own reference pass, or takes both from the
+    shared pass; ``max_steps=3`` trains on a seeded subset of 6 of the 8 pairs, which must be the same subset."""
+    base = dataclasses.replace(base, max_steps=max_steps)
     reference = compute_reference_logps(base, data, tmp_path / "ref")
     own = run_trial(dataclasses.replace(base, output_dir=str(tmp_path / "own")), loss, data=data)
     shared = run_trial(
         dataclasses.replace(base, output_dir=str(tmp_path / "shared")), loss, data=data, reference=reference
     )
-    assert own.steps == shared.steps == 4
+    assert own.steps == shared.steps == (4 if max_steps < 0 else max_steps)
     assert len(own.history) == len(shared.history)
     compared = 0
     for mine, theirs in zip(own.history, shared.history, strict=True):
@@ -98,4 +105,4 @@ def test_logps_of_other_pairs_are_refused(base, data, tmp_path):
     other = load_preference_data("embedded", max_train_rows=8, max_eval_rows=4, seed=1)
     assert other.fingerprint() != data.fingerprint()
     with pytest.raises(ValueError, match="computed for other pairs"):
-        attach_reference_logps(other, reference)
+        reference_datasets(other, reference)

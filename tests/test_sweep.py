@@ -209,6 +209,22 @@ def test_sweep_prints_its_summary(divergent_sweep):
     assert "WARNING" not in out.split(f"trials: {N_TRIALS}")[1]  # every MLflow call was delivered
 
 
+def test_trials_run_in_reused_processes_and_print_one_line_per_event(divergent_sweep):
+    """One-worker trials train in their Tune trial's process, which Tune reuses: fewer processes than trials.
+
+    The terminal shows one line per trial start and end, not Tune's per-trial config tables nor workers' output.
+    """
+    logs = list((divergent_sweep.results / SWEEP_NAME / "trials").glob(f"*/{WORKERS_LOG}"))
+    pids = [json.loads(line)["pid"] for log in logs for line in log.read_text().splitlines()]
+    assert len(pids) == N_TRIALS and len(set(pids)) < N_TRIALS, pids
+    out = divergent_sweep.proc.stdout
+    assert out.count(": started (") == N_TRIALS
+    assert (
+        len(re.findall(r"^\[trial\] .*: (stable|stalled|collapsed|diverged|pruned) at step \d+", out, re.M)) == N_TRIALS
+    )
+    assert "started with configuration" not in out and "Loading weights" not in out
+
+
 def test_sweep_shuts_its_local_ray_instance_down(divergent_sweep):
     assert divergent_sweep.proc.lingering == []
 

@@ -111,7 +111,6 @@ def _tracker(uri: str, spool: Path) -> MLflowTracker:
         sweep_params={"grid.losses": "['dlrml']", "mt_bench.eval.api_key_env": "OPENAI_API_KEY"},
         trial_params=lambda c: c["params"],
         trial_name=lambda c: c["name"],
-        echo=lambda line: None,
         spool_path=spool,
     )
 
@@ -188,7 +187,6 @@ def _browsed_tracker(uri: str, experiment: str, **kwargs) -> MLflowTracker:
         sweep_params={"grid.losses": "['dpo', 'dlrml']"},
         trial_params=lambda c: {"loss": c["loss"]},
         trial_name=lambda c: f"{c['loss']} {c['id']}",
-        echo=lambda line: None,
         divergence=DivergenceConfig(),
         verdicts=VerdictConfig(),
         **kwargs,

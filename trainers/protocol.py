@@ -73,6 +73,13 @@ class ReportKey(enum.StrEnum):
     """Set to 1 on a trial's last report, which carries its verdict."""
     EVAL_PAIRS = "eval/pairs"
     """On the final report: held-out pairs each evaluation averaged over (the verdicts' noise level)."""
+    STARTED_AT = "timing/started_at"
+    """On the final report: when the trial's process began the trial (seconds since the epoch)."""
+    WORK_SECONDS = "timing/work_s"
+    """On the final report: seconds of the trial's own work (steps, held-out evaluations, final save); the rest of
+    its wall time is overhead (``bench/sweep_overhead.py``)."""
+    ENDED_AT = "timing/ended_at"
+    """On the final report: when the trial finished its work (seconds since the epoch)."""
 
 
 BOOKKEEPING_KEYS: frozenset[str] = frozenset(

@@ -3,8 +3,9 @@
 Every trial of a sweep starts from the same reference policy on the same pairs, so the reference log-probs of
 every train and held-out pair are the same for all of them. :func:`compute_reference_logps` computes them once,
 through TRL's own precompute path (so they are exactly what a trial would compute for itself), and stores them
-under a key that fingerprints exactly the inputs that determine them (:func:`reference_key`). Trials attach them
-to their datasets (:func:`attach_reference_logps`) and never load a reference model nor run a reference pass.
+under a key that fingerprints exactly the inputs that determine them (:func:`reference_key`). The pairs are stored as
+the reference pass tokenised them, so trials (:func:`reference_datasets`) neither tokenise them again nor load a
+reference model nor run a reference pass.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData
 from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
 from trainers.models import load_model, load_tokenizer, resolve_model_path
-from trainers.trl_trainer import REF_COLUMNS, RegistryDPOTrainer
+from trainers.trl_trainer import REF_COLUMNS, TOKENISED_COLUMNS, RegistryDPOTrainer
 
 ROW_COLUMN = "__row"
-_KEY_VERSION = "dlrml-reference-v1"
+_KEY_VERSION = "dlrml-reference-v2"  # v2: the tokenised pairs are stored with the log-probs
 _SPLITS = ("train", "eval")
 _DONE = "COMPLETE"
 
@@ -77,7 +78,8 @@ class ReferenceLogps:
 
     Attributes:
         key: :func:`reference_key` of the inputs.
-        path: Directory with one Arrow dataset per split (``__row``, ``ref_chosen_logps``, ``ref_rejected_logps``).
+        path: Directory with one Arrow dataset per split: ``__row`` (the pair's row in the split), TRL's tokenised
+            columns (``prompt_ids``, ``chosen_ids``, ``rejected_ids``), ``ref_chosen_logps``, ``ref_rejected_logps``.
         data_fingerprint: :meth:`PreferenceData.fingerprint` of the pairs they belong to.
     """
 
@@ -144,17 +146,30 @@ def _compute_into(train: TrainConfig, data: PreferenceData, out_dir: Path) -> No
         loss=LossConfig("dpo", beta_kl=0.1),
     )
     for split, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-        dataset.select_columns([ROW_COLUMN, *REF_COLUMNS]).save_to_disk(str(out_dir / split))
+        dataset.select_columns([ROW_COLUMN, *TOKENISED_COLUMNS, *REF_COLUMNS]).save_to_disk(str(out_dir / split))
     shutil.rmtree(out_dir / "run", ignore_errors=True)
 
 
-def attach_reference_logps(
-    data: PreferenceData, reference: ReferenceLogps
+def reference_datasets(
+    data: PreferenceData, reference: ReferenceLogps, *, train_rows: int | None = None, seed: int = 0
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The train and held-out datasets with the stored reference log-probs as columns, row for row.
+    """The train and held-out pairs as the reference pass tokenised them, with their reference log-probs.
 
-    Pairs the reference pass dropped (TRL drops pairs whose prompt alone fills ``max_length``) get NaN; the
-    trial's own preparation drops the same pairs again.
+    A trial trains on these directly: TRL's preparation is skipped for tokenised datasets
+    (:meth:`trainers.trl_trainer.RegistryDPOTrainer._prepare_dataset`), so no trial tokenises the pairs again.
+    Pairs the reference pass dropped (TRL drops pairs whose prompt alone fills ``max_length``) are absent, as they
+    are from a trial that prepares its own data.
+
+    Args:
+        data: The trial's preference pairs (checked against the pairs the log-probs were computed for).
+        reference: The sweep's stored reference pass.
+        train_rows: Train on a seeded random subset of this many pairs (``None``: all of them). The subset is the
+            one ``data.train.shuffle(seed=seed).select(range(train_rows))`` gives, so a trial with the shared
+            reference trains on exactly the pairs, in exactly the order, of one that prepares its own.
+        seed: The subset's shuffle seed.
+
+    Returns:
+        ``(train, eval)`` with TRL's tokenised columns and ``ref_chosen_logps`` / ``ref_rejected_logps``.
 
     Raises:
         ValueError: If the stored log-probs do not belong to these pairs.
@@ -165,20 +180,18 @@ def attach_reference_logps(
             f"{reference.data_fingerprint[:12]}, these pairs {data.fingerprint()[:12]}): the data, its subset "
             "(max_*_rows, data_seed) or its split differ"
         )
-    out = []
-    for split, dataset in zip(_SPLITS, (data.train, data.eval), strict=True):
-        stored = reference.load(split)
+    train, held_out = reference.load("train"), reference.load("eval")
+    for split, stored, raw in (("train", train, data.train), ("eval", held_out, data.eval)):
         rows = stored[ROW_COLUMN]
-        if rows and max(rows) >= len(dataset):
+        if rows and max(rows) >= len(raw):
             raise ValueError(
-                f"reference log-probs {reference.path} ({split}) do not match the data: row {max(rows)} of "
-                f"{len(dataset)}"
+                f"reference log-probs {reference.path} ({split}) do not match the data: row {max(rows)} of {len(raw)}"
             )
-        columns = {name: [float("nan")] * len(dataset) for name in REF_COLUMNS}
-        for name in REF_COLUMNS:
-            for row, value in zip(rows, stored[name], strict=True):
-                columns[name][row] = value
-        for name in REF_COLUMNS:
-            dataset = dataset.add_column(name, columns[name])
-        out.append(dataset)
-    return out[0], out[1]
+    if train_rows is not None:
+        # Datasets' shuffle permutation depends only on the length and the seed: shuffling the row numbers draws the
+        # same one as shuffling the pairs.
+        rows = datasets.Dataset.from_dict({ROW_COLUMN: list(range(len(data.train)))})
+        order = rows.shuffle(seed=seed).select(range(train_rows))[ROW_COLUMN]
+        position = {row: i for i, row in enumerate(train[ROW_COLUMN])}
+        train = train.select([position[row] for row in order if row in position])
+    return train.remove_columns(ROW_COLUMN), held_out.remove_columns(ROW_COLUMN)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -18,9 +20,10 @@ from trainers.collapse import DivergenceMonitor, Verdict
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData, load_preference_data
 from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
+from trainers.model_cache import fresh_model, fresh_tokenizer, release_accelerator_memory
 from trainers.models import load_model, load_tokenizer
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, TrialStatus
-from trainers.reference import ReferenceLogps, attach_reference_logps
+from trainers.reference import ReferenceLogps, reference_datasets
 from trainers.trl_trainer import CollapseCallback, RegistryDPOTrainer
 from trainers.verdicts import BehaviourVerdict, judge_behaviour
 
@@ -40,6 +43,8 @@ class TrialResult:
         history: Every logged dict, in order, each with its ``step``.
         model_dir: Where the final policy was saved, if it was.
         data_dropped: Malformed rows dropped per reason (``on_bad_rows="drop"``).
+        work_seconds: Wall time of the trial's own work: training steps, held-out evaluations and the final save
+            (not data or model loading nor the trainer's set-up).
     """
 
     verdict: Verdict
@@ -51,6 +56,7 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model_dir: str | None = None
     data_dropped: dict[str, int] = field(default_factory=dict)
+    work_seconds: float = 0.0
 
     @property
     def status(self) -> TrialStatus:
@@ -105,6 +111,19 @@ def _rows_consumed(train: TrainConfig, available: int) -> int | None:
     return needed if needed < available else None
 
 
+def _trial_datasets(
+    train: TrainConfig, data: PreferenceData, reference: ReferenceLogps | None
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The trial's train and held-out datasets: tokenised with reference log-probs from the shared pass, else raw
+    (TRL tokenises them and runs the reference pass itself); the train set cut to what ``max_steps`` consumes."""
+    train_rows = _rows_consumed(train, len(data.train))
+    if reference is not None:
+        return reference_datasets(data, reference, train_rows=train_rows, seed=train.seed)
+    if train_rows:
+        return data.train.shuffle(seed=train.seed).select(range(train_rows)), data.eval
+    return data.train, data.eval
+
+
 def run_trial(
     train: TrainConfig,
     loss: LossConfig,
@@ -113,6 +132,7 @@ def run_trial(
     reference: ReferenceLogps | None = None,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    warm: bool = False,
 ) -> TrialResult:
     """Fine-tune one (loss, beta_kl, beta_mix, seed) and return its metrics and verdict.
 
@@ -124,20 +144,21 @@ def run_trial(
             the trial runs TRL's reference precompute itself.
         on_metrics: Called with ``(step, metrics)`` for every logged dict (train steps and evaluations).
         callbacks: Extra transformers callbacks (e.g. checkpoint reporting in a sweep).
+        warm: Take the base weights and tokenizer from this process's cache (:mod:`trainers.model_cache`), loading
+            them only the first time, and free the accelerator memory the trial used when it ends: for a process
+            that runs trial after trial. The trial starts from exactly the weights a cold load gives.
 
     Returns:
         The :class:`TrialResult`. A diverged trial returns normally with ``verdict.status == "diverged"``.
     """
     data = data if data is not None else load_trial_data(train)
-    if reference is not None:
-        train_dataset, eval_dataset = attach_reference_logps(data, reference)
+    train_dataset, eval_dataset = _trial_datasets(train, data, reference)
+    dtype = PRECISION_DTYPES[train.precision]
+    if warm:
+        release_accelerator_memory()  # what a trial stopped mid-step (by Tune) left behind
+        tokenizer, model = fresh_tokenizer(train.model), fresh_model(train.model, dtype)
     else:
-        train_dataset, eval_dataset = data.train, data.eval
-    train_rows = _rows_consumed(train, len(train_dataset))
-    if train_rows:
-        train_dataset = train_dataset.shuffle(seed=train.seed).select(range(train_rows))
-    tokenizer = load_tokenizer(train.model)
-    model = load_model(train.model, dtype=PRECISION_DTYPES[train.precision])
+        tokenizer, model = load_tokenizer(train.model), load_model(train.model, dtype=dtype)
     collapse = CollapseCallback(DivergenceMonitor(train.divergence), on_metrics=on_metrics)
     trainer = RegistryDPOTrainer(
         model=model,
@@ -150,6 +171,7 @@ def run_trial(
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
+    work_started = time.monotonic()
     trainer.train()
     verdict = collapse.verdict
     evaluated_last_step = any(
@@ -162,17 +184,23 @@ def run_trial(
         model_dir = str(Path(train.output_dir) / "model")
         trainer.save_model(model_dir)
         tokenizer.save_pretrained(model_dir)
+    work_seconds = time.monotonic() - work_started
     train_steps = [h for h in collapse.history if Metric.LOSS in h]
     evals = [h for h in collapse.history if HELD_OUT_ACCURACY in h]
     eval_pairs = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+    steps = trainer.state.global_step
+    if warm:
+        del trainer, model  # the trial's weights, optimizer state and activations: freed before the next trial
+        release_accelerator_memory()
     return TrialResult(
         verdict=verdict,
         behaviour=None if verdict.diverged else judge_behaviour(evals, eval_pairs, train.verdicts),
         eval_pairs=eval_pairs,
-        steps=trainer.state.global_step,
+        steps=steps,
         train_metrics=dict(train_steps[-1]) if train_steps else {},
         eval_metrics=dict(evals[-1]) if evals else {},
         history=collapse.history,
         model_dir=model_dir,
         data_dropped=dict(data.dropped),
+        work_seconds=work_seconds,
     )

@@ -27,6 +27,8 @@ from trainers.losses import compute_loss, get_loss, mix_statistics
 from trainers.protocol import Metric
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+TOKENISED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+"""The columns TRL's dataset preparation adds: a dataset that has them is already tokenised."""
 PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_grad_norm")
 """Labels of the step phases this trainer adds to any ``torch.profiler`` trace (``bench/profile_step.py``)."""
 _NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
@@ -53,6 +55,13 @@ class RegistryDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if self.log_beta_mix is not None:
             self.log_beta_mix.data = self.log_beta_mix.data.to(self.accelerator.device)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
+        """Pairs that come tokenised (by the sweep's shared reference pass, with this tokenizer and max length) are
+        not tokenised again; anything else goes through TRL's own preparation."""
+        if all(column in (dataset.column_names or ()) for column in TOKENISED_COLUMNS):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         """Reference log-probs that came with the data (shared by a whole sweep) are used as they are."""
