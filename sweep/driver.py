@@ -337,7 +337,7 @@ class SweepDriver:
         from sweep.stoppers import DivergenceStopper
 
         config = self.config
-        trainable = tune.with_resources(tune_trial, trial_resources(config.resources))
+        trainable = tune.with_resources(tune_trial, trial_resources(config.resources, config.train.deepspeed))
         param_space = {
             "train": dataclasses.asdict(config.train),
             "resources": dataclasses.asdict(config.resources),

@@ -159,14 +159,23 @@ def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, o
     return str(write_answers(model, load_tokenizer(model_dir), cfg, Path(out_dir), model_id))
 
 
-def trial_resources(resources: ResourcesConfig) -> dict[str, float]:
+def trains_in_process(num_workers: int, deepspeed: str | None) -> bool:
+    """Whether a trial trains in its Tune trial's own process: one worker and no DeepSpeed.
+
+    DeepSpeed needs the distributed environment (rank, world size, rendezvous) that a Ray Train worker group sets
+    up, and ZeRO-3 partitions the weights as it loads them, which a process-wide cached copy would defeat.
+    """
+    return num_workers == 1 and not deepspeed
+
+
+def trial_resources(resources: ResourcesConfig, deepspeed: str | None) -> dict[str, float]:
     """What the Tune side of a trial reserves.
 
-    A one-worker trial trains in the Tune trial's own process, which holds the worker's CPUs and GPUs. A
-    multi-worker trial's Tune side only waits on its ``TorchTrainer``, whose workers hold the CPUs/GPUs on their own
-    placement group: it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
+    A trial that trains in its own process (:func:`trains_in_process`) holds the worker's CPUs and GPUs. Otherwise
+    the Tune side only waits on its ``TorchTrainer``, whose workers hold the CPUs/GPUs on their own placement group:
+    it reserves a little memory and no CPU, so a 2-CPU machine can still run a 2-CPU trial.
     """
-    if resources.num_workers == 1:
+    if trains_in_process(resources.num_workers, deepspeed):
         needs = {"cpu": resources.cpus_per_worker}
         if resources.use_gpu:
             needs["gpu"] = resources.gpus_per_worker
@@ -177,8 +186,9 @@ def trial_resources(resources: ResourcesConfig) -> dict[str, float]:
 def tune_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: one trial, in this process or on a ``TorchTrainer`` of several workers.
 
-    With ``resources.num_workers == 1`` the trial trains right here: no Train controller, no worker group, no DDP
-    wrapper, and a process Tune reuses for the next trial (``reuse_actors``) starts it warm. Otherwise it runs a
+    With one worker and no DeepSpeed (:func:`trains_in_process`) the trial trains right here: no Train controller,
+    no worker group, no DDP wrapper, and a process Tune reuses for the next trial (``reuse_actors``) starts it warm.
+    Otherwise it runs a
     ``TorchTrainer`` on its own placement group (one bundle per worker; gloo on CPUs, NCCL on GPUs), whose rank 0
     reports reach Tune through ``TuneReportCallback``. Both report the same metrics.
 
@@ -192,7 +202,7 @@ def tune_trial(config: dict[str, Any]) -> None:
     train = {**config["train"], "seed": trial["seed"]}
     train["output_dir"] = str(trial_output_dir(config["storage_path"], config["experiment"], context.get_trial_id()))
     loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference")}
-    if resources["num_workers"] == 1:
+    if trains_in_process(resources["num_workers"], train.get("deepspeed")):
         _log_worker(Path(train["output_dir"]), rank=0)
         train_and_report(loop_config, ray.tune.report, warm=True)
         return

@@ -1,11 +1,14 @@
-"""What a user watches: one line per trial event and a compact status table, from recorded results, without Ray."""
+"""What a user watches (one line per trial event, a compact status table, from recorded results) and where a trial's
+process runs, without Ray."""
 
 from __future__ import annotations
 
 import math
 from types import SimpleNamespace
 
+from sweep.config import ResourcesConfig
 from sweep.progress import TABLE_COLUMNS, TrialProgress, status_table
+from sweep.ray_trial import trains_in_process, trial_resources
 from trainers.collapse import DivergenceConfig
 from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType
 from trainers.verdicts import VerdictConfig
@@ -114,3 +117,15 @@ def test_status_table_aligns_columns():
     table = status_table([{"trial": "a", "status": "stable", "step": 10, "loss": math.nan}]).splitlines()
     assert len(table) == 2 and len(TABLE_COLUMNS) == 6
     assert table[0].index("status") == table[1].index("stable") and "nan" in table[1]
+
+
+def test_a_one_worker_trial_holds_its_worker_resources_in_its_own_process():
+    """One worker without DeepSpeed trains in the Tune trial's process, which must reserve the worker's CPUs and
+    GPUs; otherwise the Tune side only waits on a TorchTrainer whose workers hold them (and reserves no CPU)."""
+    one = ResourcesConfig(num_workers=1, cpus_per_worker=2)
+    assert trains_in_process(1, None) and trial_resources(one, None) == {"cpu": 2}
+    gpu = ResourcesConfig(num_workers=1, cpus_per_worker=4, use_gpu=True, gpus_per_worker=1)
+    assert trial_resources(gpu, None) == {"cpu": 4, "gpu": 1}
+    for resources, deepspeed in ((one, "zero3"), (ResourcesConfig(num_workers=2, cpus_per_worker=1), None)):
+        assert not trains_in_process(resources.num_workers, deepspeed)
+        assert trial_resources(resources, deepspeed)["cpu"] == 0
