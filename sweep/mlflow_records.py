@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.config import SweepConfig
 from sweep.stability import StabilityMap
 
@@ -65,6 +66,7 @@ def describe_grid(config: SweepConfig, n_trials: int, total_steps: int) -> str:
 def finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap, claims: Path) -> int:
     """End every trial's MLflow run with its status, log the map; returns the MLflow calls left undelivered."""
     keys = ("reason", "steps", "attempts", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
+    keys += (AlpacaColumn.LC, AlpacaColumn.WIN_RATE, AlpacaColumn.REASON)
     for _, row in trials.iterrows():
         summary = {k: row[k] for k in keys if k in row}
         tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
