@@ -297,3 +297,44 @@ def test_dry_run_reports_an_unset_judge_key_before_any_trial(benchmark: str, mon
     )
     assert code == run.EXIT_BAD_INPUT
     assert f"{benchmark}.eval.api_key_env: environment variable DLRML_TEST_JUDGE_KEY" in capsys.readouterr().err
+
+
+def _real_size_annotations(rng: np.random.Generator) -> list[dict]:
+    """805 annotations (AlpacaEval's instruction count) whose judge favours the longer output."""
+    rows = []
+    for k in range(805):
+        base, model = "x" * int(rng.integers(100, 900)), "y" * int(rng.integers(100, 1200))
+        p = 1 + 1 / (1 + math.exp(-(len(model) - len(base)) / 300))
+        rows.append(
+            {"instruction": f"i{k}", "output_1": base, "generator_1": "gpt4_1106_preview", "output_2": model}
+            | {"generator_2": "mine", "annotator": "weighted_alpaca_eval_gpt4_turbo", "preference": p, "hub_index": k}
+        )
+    return rows
+
+
+def test_alpaca_eval_package_lc_is_used_when_its_tables_are_available(tmp_path: Path, monkeypatch) -> None:
+    """With ``alpaca_eval`` installed: offline, its LC fails for want of the hub's tables and the fallback says why;
+    with the tables (synthetic stand-ins here, served where it downloads them) its own GLM gives the LC."""
+    glm = pytest.importorskip("alpaca_eval.metrics.glm_winrate")
+    import pandas as pd
+
+    from evaluation.alpaca_eval_metrics import LC_PACKAGE, alpaca_metrics
+
+    rng = np.random.default_rng(0)
+    annotations = _real_size_annotations(rng)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = alpaca_metrics(annotations, real_instructions=True)
+    assert "get_length_controlled_winrate failed" in offline["lc_method"]
+
+    difficulty = rng.normal(0, 1, 805)
+    gamed = pd.DataFrame(
+        {"model": "gamed", "index": np.tile(np.arange(805), 2), "preference": rng.uniform(0, 1, 1610)}
+        | {"std_delta_len": rng.normal(0, 1, 1610), "instruction_difficulty": np.tile(difficulty, 2)}
+        | {"not_gamed_baseline": False}
+    )
+    gamed.to_csv(tmp_path / "df_gamed.csv", index=False)
+    pd.Series(difficulty, name="instruction_difficulty").to_csv(tmp_path / "instruction_difficulty.csv")
+    monkeypatch.setattr(glm, "hf_hub_download", lambda repo_id, filename, **kwargs: str(tmp_path / filename))
+    metrics = alpaca_metrics(annotations, real_instructions=True)
+    assert metrics["lc_method"] == LC_PACKAGE and 0 < metrics["length_controlled_winrate"] < 100
+    assert metrics["win_rate"] == offline["win_rate"]
