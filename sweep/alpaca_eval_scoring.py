@@ -48,7 +48,7 @@ def _reference_outputs(task, config: SweepConfig, storage_path: str) -> Path | N
     if cfg.baseline is not None:
         return None
     out_dir = experiment_dir(storage_path, config) / "reference"
-    if (out_dir / OUTPUTS_FILENAME).is_file():
+    if _covers(out_dir / OUTPUTS_FILENAME, cfg):
         return out_dir / OUTPUTS_FILENAME
     print(f"[sweep] AlpacaEval: outputs of the reference policy {config.train.model}")
     import ray
@@ -56,6 +56,21 @@ def _reference_outputs(task, config: SweepConfig, storage_path: str) -> Path | N
     return Path(
         ray.get(task.remote(config.train.model, config.train.precision, cfg, str(out_dir), REFERENCE_GENERATOR))
     )
+
+
+def _covers(path: Path, cfg) -> bool:
+    """Whether an earlier run's reference outputs answer every instruction now configured (a resumed sweep reuses
+    them; a changed instruction set or limit regenerates them)."""
+    from evaluation.alpaca_eval import load_alpaca_eval_data
+    from evaluation.alpaca_eval_data import load_model_outputs, match_baseline
+
+    if not path.is_file():
+        return False
+    try:
+        match_baseline(load_alpaca_eval_data(cfg).instructions, load_model_outputs(path), str(path))
+    except ValueError:
+        return False
+    return True
 
 
 def _selected(trials: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:

@@ -338,3 +338,13 @@ def test_alpaca_eval_package_lc_is_used_when_its_tables_are_available(tmp_path: 
     metrics = alpaca_metrics(annotations, real_instructions=True)
     assert metrics["lc_method"] == LC_PACKAGE and 0 < metrics["length_controlled_winrate"] < 100
     assert metrics["win_rate"] == offline["win_rate"]
+
+
+def test_resumed_sweep_reuses_reference_outputs_only_if_they_cover_the_instructions(tmp_path: Path) -> None:
+    from sweep.alpaca_eval_scoring import _covers
+
+    rows = load_model_outputs(BUNDLED_FILE)[:2]
+    path = write_model_outputs(tmp_path / "model_outputs.json", rows)
+    assert _covers(path, AlpacaEvalConfig(limit=2))
+    assert not _covers(path, AlpacaEvalConfig(limit=3))
+    assert not _covers(tmp_path / "missing.json", AlpacaEvalConfig(limit=1))
