@@ -348,3 +348,17 @@ def test_resumed_sweep_reuses_reference_outputs_only_if_they_cover_the_instructi
     assert _covers(path, AlpacaEvalConfig(limit=2))
     assert not _covers(path, AlpacaEvalConfig(limit=3))
     assert not _covers(tmp_path / "missing.json", AlpacaEvalConfig(limit=1))
+
+
+def test_cli_runs_against_a_baseline_model_and_prints_scores(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from evaluation.alpaca_eval.__main__ import main
+
+    tiny = str(tiny_model_dir)
+    argv = ["--model", tiny, "--model-id", "policy", "--baseline-model", tiny, "--out", str(tmp_path / "out")]
+    assert main([*argv, "--limit", "2", "--max-new-tokens", "4", "--judge-model", tiny, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "length-controlled win rate" in printed and "LC method: fallback GLM" in printed
+    baseline = load_model_outputs(tmp_path / "out" / "baseline" / "model_outputs.json")
+    annotations = load_annotations(tmp_path / "out" / "annotations.json")
+    assert [a["generator_1"] for a in annotations] == [baseline[0].generator] * 2 == [tiny_model_dir.name] * 2
+    assert {a["generator_2"] for a in annotations} == {"policy"}

@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trainers.trial_runner", "evaluation.mt_bench", "evaluation.alpaca_eval_judge", "evaluation.alpaca_eval"),
     ("sweep.*",),
     ("sweep.driver",),
-    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.__main__"),
+    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.__main__", "evaluation.cli"),
 )
 """Lowest first: a module may import modules of its own layer or below (the first matching pattern decides)."""
 

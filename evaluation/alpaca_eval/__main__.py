@@ -9,17 +9,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from evaluation.alpaca_eval import format_scores, load_alpaca_eval_data, run_alpaca_eval, write_outputs
 from evaluation.alpaca_eval_config import AlpacaEvalConfig
 from evaluation.alpaca_eval_judge import OpenAIPairJudge, PairJudge, build_pair_judge
+from evaluation.cli import add_model_arguments, check_model_specs, model_name, parse_config, resolve_device
 from evaluation.judges import JudgeError
-from evaluation.mt_bench import safe_name
-from trainers.typed_config import apply_overrides, build, config_parser, overrides_from_args
+from trainers.typed_config import config_parser
 
 CONFIG_ALIASES = {
     "--instructions": "instructions",
@@ -47,33 +45,22 @@ def _build_parser() -> argparse.ArgumentParser:
         CONFIG_ALIASES,
         title="AlpacaEval config fields (set any with --set key=value; values are YAML):",
     )
-    parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model-id", help="generator name of the evaluated model (default: derived from --model)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--baseline-model", help="with baseline=null: the reference policy whose outputs are the baseline ('vs SFT')"
     )
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
     return parser
 
 
 def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: AlpacaEvalConfig) -> None:
     """Every model spec and data file, before any model is loaded."""
-    from trainers.models import EMBEDDED_MODEL, resolve_model_path
-
     if cfg.baseline is None and not args.baseline_model:
         parser.error("--baseline-model is required when the baseline is the reference policy (baseline=null)")
     if cfg.baseline is not None and args.baseline_model:
         parser.error("--baseline-model only applies with baseline=null (a file or hub baseline is given)")
-    specs = [("--model", args.model), ("--baseline-model", args.baseline_model)]
-    if cfg.judge_backend == "local":
-        specs.append(("--judge-model", cfg.resolved_judge_model))
-    for flag, spec in specs:
-        if spec and spec != EMBEDDED_MODEL:
-            try:
-                resolve_model_path(spec)
-            except (ValueError, FileNotFoundError) as err:
-                parser.error(f"{flag}: {err}")
+    local_judge = cfg.resolved_judge_model if cfg.judge_backend == "local" else None
+    specs = [("--model", args.model), ("--baseline-model", args.baseline_model), ("--judge-model", local_judge)]
+    check_model_specs(parser, specs)
     try:
         load_alpaca_eval_data(cfg)
     except (ValueError, FileNotFoundError) as err:
@@ -85,16 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     is loaded."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = build(AlpacaEvalConfig, apply_overrides({}, overrides_from_args(args), AlpacaEvalConfig))
-    except ValueError as err:
-        parser.error(str(err))
-    model_id = args.model_id or safe_name(Path(args.model.rstrip("/")).name)
-    if safe_name(model_id) != model_id:
-        parser.error(f"--model-id must consist of letters, digits, '.', '_' or '-', got {model_id!r}")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
+    cfg, model_id = parse_config(parser, args, AlpacaEvalConfig)
+    device = resolve_device(parser, args.device)
     _check_inputs(parser, args, cfg)
     judge: PairJudge | None = None
     if cfg.judge_backend == "openai":
@@ -103,16 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except JudgeError as err:
             parser.error(str(err))
 
-    import torch
-
     from trainers.models import load_model, load_tokenizer
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     baseline_path = None
     if args.baseline_model:
         base = load_model(args.baseline_model).to(device)
-        base_id = safe_name(Path(args.baseline_model.rstrip("/")).name)
-        baseline_path = write_outputs(base, load_tokenizer(args.baseline_model), cfg, args.out / "baseline", base_id)
+        base_tokenizer = load_tokenizer(args.baseline_model)
+        baseline_path = write_outputs(base, base_tokenizer, cfg, args.out / "baseline", model_name(args.baseline_model))
         del base
     model = load_model(args.model).to(device)
     judge = judge or build_pair_judge(cfg, device=device)
