@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from evaluation.alpaca_eval_data import (
 )
 from evaluation.alpaca_eval_judge import FIRST, PairJudge, PairJudgment, parse_top_logprobs
 from evaluation.alpaca_eval_metrics import fallback_lc_win_rate, fit_soft_logistic, length_features, win_rate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Rows laid out as in ``alpaca_eval_gpt4_baseline.json`` (key order dataset, instruction, output, generator); the
 # texts are ours, the first instruction is the real file's first.
@@ -60,6 +64,10 @@ def test_bundled_instructions_are_alpaca_eval_model_outputs() -> None:
     assert 16 <= len(rows) <= 24
     assert all(set(row) == {"instruction", "output", "generator", "dataset"} for row in rows)
     assert len({row["instruction"] for row in rows}) == len(rows)
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "evaluation"
+    ]
+    assert any(fnmatch.fnmatch(f"data/{BUNDLED_FILE.name}", glob) for glob in globs)  # ships with the package
 
 
 def test_annotations_round_trip_with_nan_as_null(tmp_path: Path) -> None:
