@@ -81,6 +81,15 @@ def _selected(trials: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
     return completed if policy.policy != "none" else completed.iloc[0:0]
 
 
+def selected_for(row: pd.Series) -> str:
+    """The ``selected_for`` tag of a trial AlpacaEval scores: ``mt_bench,alpaca_eval`` if MT-Bench selected it too
+    (its ``mt_bench_reason`` is then neither "not selected" nor the trial's status), so one tag does not hide the
+    other."""
+    reason = row.get("mt_bench_reason")
+    by_mt_bench = "mt_bench_reason" in row and not (str(reason).startswith("not selected") or reason == row["status"])
+    return "mt_bench,alpaca_eval" if by_mt_bench else "alpaca_eval"
+
+
 def _failure(err: Exception) -> str:
     last_line = (str(err).strip().splitlines() or [""])[-1]
     return f"{EVALUATION_FAILED} {type(err).__name__}: {last_line}"[:500]
@@ -122,7 +131,7 @@ def score_alpaca_eval(trials: pd.DataFrame, config: SweepConfig, storage_path: s
             trials.loc[index, AlpacaColumn.REASON] = "no saved policy (train.save_model=false)"
             continue
         if tracker is not None:
-            tracker.mark_selected(row["trial_id"], row["config"], "alpaca_eval")
+            tracker.mark_selected(row["trial_id"], row["config"], selected_for(row))
         out_dir, model_id = trial_dir / "alpaca_eval", row["trial_id"]
         print(f"[sweep] AlpacaEval: {trial_label(row['config']['trial'])}")
         try:

@@ -370,3 +370,14 @@ def test_cli_runs_against_a_baseline_model_and_prints_scores(tiny_model_dir: Pat
     annotations = load_annotations(tmp_path / "out" / "annotations.json")
     assert [a["generator_1"] for a in annotations] == [baseline[0].generator] * 2 == [tiny_model_dir.name] * 2
     assert {a["generator_2"] for a in annotations} == {"policy"}
+
+
+def test_a_trial_both_benchmarks_selected_keeps_both_in_its_tag() -> None:
+    import pandas as pd
+
+    from sweep.alpaca_eval_scoring import selected_for
+
+    assert selected_for(pd.Series({"status": "stable", "mt_bench_reason": None})) == "mt_bench,alpaca_eval"
+    assert selected_for(pd.Series({"status": "stable", "mt_bench_reason": "failed: JudgeError"})).startswith("mt_")
+    assert selected_for(pd.Series({"status": "stable", "mt_bench_reason": "not selected (top_k)"})) == "alpaca_eval"
+    assert selected_for(pd.Series({"status": "stable"})) == "alpaca_eval"

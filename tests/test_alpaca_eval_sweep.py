@@ -72,5 +72,7 @@ def test_sweep_scores_its_trial_against_the_reference_policy(tmp_path: Path) -> 
     scored = {r.info.run_name: r.data for r in runs if "alpaca_eval/length_controlled_winrate" in r.data.metrics}
     assert len(scored) == 1
     assert all(data.tags.get(SELECTED_TAG) == "alpaca_eval" for data in scored.values())
+    parent = next(r.data for r in runs if "cell/dlrml_bkl0.1_bmix0.2/alpaca_lc" in r.data.metrics)
+    assert parent.metrics["cell/dlrml_bkl0.1_bmix0.2/alpaca_lc"] == pytest.approx(cells["alpaca_lc_mean"].iloc[0])
     scores = json.loads(next((storage / "smoke" / "trials").glob("*/alpaca_eval/alpaca_eval_scores.json")).read_text())
     assert "fallback GLM" in scores["metrics"]["lc_method"]
