@@ -164,13 +164,28 @@ class OpenAIJudge(Judge):
             JudgeError: A non-retryable HTTP error (e.g. 400, 401, 404), or the last retry failed.
         """
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        response = self.create(messages, max_tokens=self.max_tokens)
+        return response.choices[0].message.content or ""
+
+    def create(self, messages: list[dict[str, str]], **params):
+        """One greedy chat completion with extra request ``params`` (e.g. ``logprobs``), retried as :meth:`complete`.
+
+        Shared by every request kind (free-text judgments, AlpacaEval's one-token log-prob judgments), so they all
+        get the same timeouts, retries, backoff and counting.
+
+        Returns:
+            The ``ChatCompletion`` (with at least one choice).
+
+        Raises:
+            JudgeError: A non-retryable HTTP error (e.g. 400, 401, 404), or the last retry failed.
+        """
         attempt = 0
         while True:
             with self._lock:
                 self._attempts += 1
             try:
                 response = self._client.chat.completions.create(
-                    model=self.name, messages=messages, n=1, temperature=0, max_tokens=self.max_tokens
+                    model=self.name, messages=messages, n=1, temperature=0, **params
                 )
             except openai.OpenAIError as err:
                 if not _is_retryable(err):
@@ -181,26 +196,29 @@ class OpenAIJudge(Judge):
                         f"judge {self.name!r} request failed after {self.max_retries} retries: "
                         f"{type(err).__name__}: {err}"
                     ) from err
-                delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)
-                retry_after = _retry_after_s(err)
-                if retry_after is not None:
-                    delay = min(self.backoff_max_s, max(delay, retry_after))
-                with self._lock:
-                    self._retries += 1
-                logger.warning(
-                    "judge %r: %s on attempt %d/%d, retrying in %.2fs",
-                    self.name,
-                    type(err).__name__,
-                    attempt + 1,
-                    self.max_retries + 1,
-                    delay,
-                )
-                time.sleep(delay)
+                self._wait_before_retry(err, attempt)
                 attempt += 1
                 continue
             if not response.choices:
                 raise JudgeError(f"judge {self.name!r} returned a completion without choices")
-            return response.choices[0].message.content or ""
+            return response
+
+    def _wait_before_retry(self, err: Exception, attempt: int) -> None:
+        delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)
+        retry_after = _retry_after_s(err)
+        if retry_after is not None:
+            delay = min(self.backoff_max_s, max(delay, retry_after))
+        with self._lock:
+            self._retries += 1
+        logger.warning(
+            "judge %r: %s on attempt %d/%d, retrying in %.2fs",
+            self.name,
+            type(err).__name__,
+            attempt + 1,
+            self.max_retries + 1,
+            delay,
+        )
+        time.sleep(delay)
 
     def complete_batch(self, requests: Sequence[tuple[str, str]]) -> list[str]:
         """Send the requests with at most ``concurrency`` in flight; replies keep the request order.

@@ -23,6 +23,7 @@ _HEADER: tuple[str, ...] = (
     "div@step",
     "acc (sd)",
     "mt_bench (sd)",
+    "alpaca_lc (sd)",
     "verdict",
 )
 # Leading text columns (loss, betas) are left-aligned, counts and scores right-aligned.
@@ -81,6 +82,7 @@ def _table_line(row: tuple) -> tuple[str, ...]:
         _fmt(row.median_steps_to_divergence, ".0f"),
         f"{_fmt(row.eval_accuracy_mean, '.3f')} ({_fmt(row.eval_accuracy_std, '.3f')})",
         f"{_fmt(row.mt_bench_mean, '.2f')} ({_fmt(row.mt_bench_std, '.2f')})",
+        f"{_fmt(row.alpaca_lc_mean, '.1f')} ({_fmt(row.alpaca_lc_std, '.1f')})",
         _verdict_text(row),
     )
 

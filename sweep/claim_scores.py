@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.claim_rules import NO_DATA, REFUTED, SUPPORTED, Claim, column, reason_has, with_verdict
 from sweep.confidence import BootstrapResult, bootstrap_mean_diff
 
@@ -112,13 +113,23 @@ def claim_c(df: pd.DataFrame, form: str, question_scores: pd.DataFrame | None = 
     return _gap_claim(f"c{suffix}[{form}]", statement, result, note, (0.5, 1.0), "")
 
 
-def claim_d(df: pd.DataFrame, form: str) -> Claim:
-    """(d) dLRML gains +2 to +3 points of AlpacaEval 2.0 length-controlled win rate (in %) over DiscoPOP."""
-    statement = f"dLRML ({form}) gains +2 to +3 % AlpacaEval 2.0 LC win rate over DiscoPOP ({form})."
-    if "alpaca_lc" not in df or not np.isfinite(pd.to_numeric(df["alpaca_lc"], errors="coerce")).any():
-        return Claim(f"d[{form}]", statement, "no AlpacaEval scores", NO_DATA, "The sweep has no alpaca_lc scores.")
-    result, note = _gap(df, ("dlrml", form), ("discopop", form), "alpaca_lc", None)
-    return _gap_claim(f"d[{form}]", statement, result, note, (2.0, 3.0), " pts")
+ALPACA_TARGETS = {"discopop": (2.0, 3.0), "dpo": (6.0, 8.0)}
+"""The proposal's AlpacaEval 2.0 LC win-rate gains of dLRML (percentage points) over each baseline."""
+
+
+def claim_d(df: pd.DataFrame, form: str, *, baseline: str = "discopop") -> Claim:
+    """(d) dLRML gains +2 to +3 points of AlpacaEval 2.0 LC win rate (in %) over DiscoPOP, +6 to +8 over DPO."""
+    base_form = "stable" if baseline == "dpo" else form
+    low, high = ALPACA_TARGETS[baseline]
+    claim_id = f"d{'' if baseline == 'discopop' else '-' + baseline}[{form}]"
+    statement = (
+        f"dLRML ({form}) gains +{low:g} to +{high:g} % AlpacaEval 2.0 LC win rate over {baseline} ({base_form})."
+    )
+    lc = AlpacaColumn.LC
+    if lc not in df or not np.isfinite(pd.to_numeric(df[lc], errors="coerce")).any():
+        return Claim(claim_id, statement, "no AlpacaEval scores", NO_DATA, f"The sweep has no {lc} scores.")
+    result, note = _gap(df, ("dlrml", form), (baseline, base_form), lc, None)
+    return _gap_claim(claim_id, statement, result, note, (low, high), " pts")
 
 
 def grad_table(rows: pd.DataFrame) -> pd.DataFrame:

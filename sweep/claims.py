@@ -5,7 +5,7 @@ The proposal for dLRML (decoupled DiscoPOP) expects:
 * (a) no NaN runs for dLRML across beta_kl in [0.01, 0.5] x beta_mix in [0.05, 0.5];
 * (b) DiscoPOP failing in > 40 % of runs at beta >= 0.25, and (b') dLRML failing less there;
 * (c) +0.5 to +1.0 MT-Bench for dLRML over DiscoPOP, and over DPO;
-* (d) +2 to +3 % AlpacaEval 2.0 LC win rate over DiscoPOP;
+* (d) +2 to +3 % AlpacaEval 2.0 LC win rate over DiscoPOP, and +6 to +8 % over DPO;
 * (e) safe gradient norms at high beta_mix;
 * (f) DiscoPOP stalling at small beta and collapsing at large beta, as the DiscoPOP paper (Lu et al., 2024) saw;
 * (g) decoupling widening the range of usable betas.
@@ -68,6 +68,7 @@ def evaluate_claims(trials: pd.DataFrame, question_scores: pd.DataFrame | None =
             claim_c(df, form, question_scores),
             claim_c(df, form, question_scores, baseline="dpo"),
             claim_d(df, form),
+            claim_d(df, form, baseline="dpo"),
             claim_e(df, form),
             claim_f(df, form),
             claim_g(df, form),

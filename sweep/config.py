@@ -18,6 +18,7 @@ from typing import Literal
 import yaml
 
 from evaluation.config import EvalConfig
+from sweep.alpaca_eval_config import AlpacaEvalSweepConfig
 from trainers.config import LossConfig, TrainConfig
 from trainers.losses import DISCOPOP_TAU, LOSS_FORMS, LOSSES, LossForm, get_loss
 from trainers.typed_config import ConfigError, Override, apply_overrides, build, option, to_dict, validate
@@ -325,6 +326,9 @@ class SweepConfig:
     scheduler: SchedulerConfig = option(SchedulerConfig(), help="ASHA early stopping.")
     mlflow: MLflowConfig = option(MLflowConfig(), help="Experiment tracking.")
     mt_bench: MTBenchConfig = option(MTBenchConfig(), help="MT-Bench scoring of finished trials.")
+    alpaca_eval: AlpacaEvalSweepConfig = option(
+        AlpacaEvalSweepConfig(), help="AlpacaEval 2.0 scoring of finished trials."
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -15,6 +15,9 @@ from typing import Any
 import pandas as pd
 
 from sweep.adaptive import lattices
+from sweep.alpaca_eval_config import AlpacaColumn
+from sweep.alpaca_eval_preflight import check_alpaca_eval
+from sweep.alpaca_eval_scoring import failed_evaluations, score_alpaca_eval
 from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
@@ -72,6 +75,11 @@ class SweepOutcome:
         failed = int(reasons.str.startswith(EVALUATION_FAILED).sum())
         if failed:
             return f"MT-Bench failed after training for {failed} trial(s) (mt_bench_reason in trials.csv); map written"
+        if failed_evaluations(self.trials):
+            return (
+                f"AlpacaEval failed after training for {failed_evaluations(self.trials)} trial(s) "
+                f"({AlpacaColumn.REASON} in trials.csv); map written"
+            )
         return None
 
     def describe(self) -> str:
@@ -143,6 +151,7 @@ class SweepDriver:
         except ValueError as err:
             raise SweepInputError(f"train.data: {err}") from None
         check_mt_bench(self.config, tokenizer)
+        check_alpaca_eval(self.config, tokenizer)
 
     def _check_existing_sweep(self) -> None:
         """Rerunning the same sweep resumes it; a different config under the same name needs ``--resume``."""
@@ -266,9 +275,10 @@ class SweepDriver:
         (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
         trials = self.collect(tuner.fit())
         trials = score_mt_bench(trials, self.config, self.storage_path, tracker)
+        trials = score_alpaca_eval(trials, self.config, self.storage_path, tracker)
         try:
             stability = write_stability_map(
-                trials.drop(columns=["mt_bench_judgments"]),
+                trials.drop(columns=["mt_bench_judgments", AlpacaColumn.ANNOTATIONS]),
                 config.map_dir(),
                 lattices=lattices(config.grid) if config.search == "adaptive" else None,
             )

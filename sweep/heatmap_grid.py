@@ -152,10 +152,12 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
         cells: Output of :func:`sweep.stability_cells.aggregate_cells` (every loss).
 
     Returns:
-        ``"collapse"``, ``"accuracy"`` and ``"mt_bench"`` panels; the score ranges span the sweep's values.
+        ``"collapse"``, ``"accuracy"``, ``"mt_bench"`` and ``"alpaca"`` panels; the score ranges span the sweep's
+        values.
     """
     acc_low, acc_high = _score_range(cells["eval_accuracy_mean"], (0.0, 1.0), 0.05)
     mt_low, mt_high = _score_range(cells["mt_bench_mean"], MT_BENCH_RANGE, 0.5)
+    lc_low, lc_high = _score_range(cells["alpaca_lc_mean"], (0.0, 100.0), 5.0)
     return {
         "collapse": Panel(
             "failure_rate",
@@ -183,6 +185,15 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
             mt_low,
             mt_high,
             ".1f",
+        ),
+        "alpaca": Panel(
+            "alpaca_lc_mean",
+            "AlpacaEval LC",
+            "mean AlpacaEval 2.0 LC win rate (%)",
+            _SCORE_CMAP,
+            lc_low,
+            lc_high,
+            ".0f",
         ),
     }
 

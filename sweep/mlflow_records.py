@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.config import SweepConfig
 from sweep.stability import StabilityMap
 
@@ -65,6 +66,7 @@ def describe_grid(config: SweepConfig, n_trials: int, total_steps: int) -> str:
 def finish_tracker(tracker, trials: pd.DataFrame, stability: StabilityMap, claims: Path) -> int:
     """End every trial's MLflow run with its status, log the map; returns the MLflow calls left undelivered."""
     keys = ("reason", "steps", "attempts", "diverged_step", "eval_accuracy", "mt_bench_score", "mt_bench_reason")
+    keys += (AlpacaColumn.LC, AlpacaColumn.WIN_RATE, AlpacaColumn.REASON)
     for _, row in trials.iterrows():
         summary = {k: row[k] for k in keys if k in row}
         tracker.finish_trial(row["trial_id"], row["config"], row["status"], _clean(summary))
@@ -77,6 +79,15 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
+_CELL_METRICS = (
+    ("failure_rate", "failure_rate"),
+    ("eval_accuracy", "eval_accuracy_mean"),
+    ("mt_bench", "mt_bench_mean"),
+    ("alpaca_lc", "alpaca_lc_mean"),
+)
+"""(metric name, cell column) of the parent run's per-cell metrics."""
+
+
 def cell_metrics(cells: pd.DataFrame) -> dict[str, float]:
     """The parent run's per-cell metrics; NaN results (no verdict, no score) are left out: MLflow's UI hides them."""
     metrics = {}
@@ -84,7 +95,7 @@ def cell_metrics(cells: pd.DataFrame) -> dict[str, float]:
         form = "" if cell.get("form", "stable") == "stable" else f"_{cell['form']}"
         mix = "" if pd.isna(cell["beta_mix"]) else f"_bmix{cell['beta_mix']:g}"
         prefix = f"cell/{cell['loss']}{form}_bkl{cell['beta_kl']:g}{mix}"
-        for name, column in (("failure_rate", "failure_rate"), ("eval_accuracy", "eval_accuracy_mean")):
-            if not pd.isna(cell[column]):
+        for name, column in _CELL_METRICS:
+            if not pd.isna(cell.get(column, math.nan)):
                 metrics[f"{prefix}/{name}"] = float(cell[column])
     return metrics

@@ -1,8 +1,9 @@
 """Checks, before any trial starts, of everything an evaluation will need after training.
 
-A sweep trains for hours before MT-Bench runs; a missing judge key, an unreachable judge endpoint, a missing question
-file or a generation budget the model's context cannot hold would otherwise surface only then (and, before this
-check, cost the user the map). Each problem is a :class:`SweepInputError` naming the config field to change.
+A sweep trains for hours before MT-Bench (or AlpacaEval, :mod:`sweep.alpaca_eval_preflight`) runs; a missing judge key,
+an unreachable judge endpoint, a missing question file or a generation budget the model's context cannot hold would
+otherwise surface only then (and, before this check, cost the user the map). Each problem is a
+:class:`SweepInputError` naming the config field to change.
 """
 
 from __future__ import annotations
@@ -54,14 +55,19 @@ def _check_openai_judge(cfg: EvalConfig) -> None:
         OpenAIJudge.from_config(cfg).close()
     except JudgeError as err:
         raise SweepInputError(f"mt_bench.eval.api_key_env: {err}") from None
-    if cfg.judge_base_url is None:
+    check_reachable(cfg.judge_base_url, "mt_bench.eval.judge_base_url")
+
+
+def check_reachable(base_url: str | None, field: str) -> None:
+    """A configured judge endpoint must accept a TCP connection (None, api.openai.com, is not probed)."""
+    if base_url is None:
         return
-    url = urlparse(cfg.judge_base_url)
+    url = urlparse(base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=REACHABLE_TIMEOUT_S).close()
     except OSError as err:
-        raise SweepInputError(f"mt_bench.eval.judge_base_url: {cfg.judge_base_url} is not reachable ({err})") from None
+        raise SweepInputError(f"{field}: {base_url} is not reachable ({err})") from None
 
 
 def _check_context(

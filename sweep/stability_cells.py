@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.confidence import wilson_interval
 from trainers.protocol import TrialStatus
 
@@ -41,7 +42,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "eval_accuracy",
 )
 #: Columns a trial frame may carry (MT-Bench is only run on selected trials; ``form`` defaults to ``stable``).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("form", "mt_bench_score", "mt_bench_reason")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("form", "mt_bench_score", "mt_bench_reason", AlpacaColumn.LC, AlpacaColumn.REASON)
 #: The point that identifies a cell.
 CELL_KEYS: tuple[str, ...] = ("loss", "form", "beta_kl", "beta_mix")
 #: A cell's ``verdict`` when none of its trials carries one.
@@ -65,6 +66,9 @@ CELL_COLUMNS: tuple[str, ...] = (
     "n_mt_bench",
     "mt_bench_mean",
     "mt_bench_std",
+    "n_alpaca",
+    "alpaca_lc_mean",
+    "alpaca_lc_std",
     "stable",
 )
 #: MT-Bench single-answer grading is on a 1-10 scale (Zheng et al., 2023, "Judging LLM-as-a-Judge").
@@ -83,6 +87,7 @@ _NUMERIC_COLUMNS: tuple[str, ...] = (
     "steps",
     "eval_accuracy",
     "mt_bench_score",
+    AlpacaColumn.LC,
 )
 
 
@@ -203,6 +208,8 @@ def _check_numbers(frame: pd.DataFrame) -> None:
     mt = frame["mt_bench_score"]
     low, high = MT_BENCH_RANGE
     _check_rows(frame, "mt_bench_score", mt.notna() & ~mt.between(low, high), f"must lie in [{low}, {high}]")
+    lc = frame[AlpacaColumn.LC]
+    _check_rows(frame, AlpacaColumn.LC, lc.notna() & ~lc.between(0.0, 100.0), "must lie in [0, 100] (percent)")
 
 
 def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -233,6 +240,7 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
     frame = trials.copy()
     defaults = {"form": "stable", "mt_bench_score": np.nan, "mt_bench_reason": None}
+    defaults |= {AlpacaColumn.LC: np.nan, AlpacaColumn.REASON: None}
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
             frame[column] = defaults[column]
@@ -241,7 +249,7 @@ def validate_trials(trials: pd.DataFrame) -> pd.DataFrame:
     _check_statuses(frame)
     _check_identity(frame)
     _check_numbers(frame)
-    for column in ("reason", "mt_bench_reason"):
+    for column in ("reason", "mt_bench_reason", AlpacaColumn.REASON):
         frame[column] = frame[column].map(lambda v: None if v is None or pd.isna(v) else str(v)).astype(object)
 
     leading = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]
@@ -303,6 +311,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
     divergence_steps = diverged["diverged_step"].fillna(diverged["steps"])
     judged = group[status.isin([member.value for member in _SCORED_STATUSES])]["eval_accuracy"]
     scores = group["mt_bench_score"]
+    alpaca = group[AlpacaColumn.LC]
     return {
         "loss": loss,
         "form": form,
@@ -322,6 +331,9 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
         "n_mt_bench": int(scores.notna().sum()),
         "mt_bench_mean": _mean_or_nan(scores),
         "mt_bench_std": _std_or_nan(scores),
+        "n_alpaca": int(alpaca.notna().sum()),
+        "alpaca_lc_mean": _mean_or_nan(alpaca),
+        "alpaca_lc_std": _std_or_nan(alpaca),
         "stable": bool(n_verdict > 0 and failure_rate <= stable_threshold),
     }
 
@@ -340,7 +352,8 @@ def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> p
       trainer stopped) for a diverged trial that did not record the step. NaN without diverged trials.
     * ``eval_accuracy_mean`` / ``_std`` / ``_median`` over trials that trained to the end or were pruned (held-out
       preference accuracy, :data:`trainers.protocol.HELD_OUT_ACCURACY`), missing values ignored.
-    * ``mt_bench_mean`` / ``_std`` over trials with an MT-Bench score, ``n_mt_bench`` their count.
+    * ``mt_bench_mean`` / ``_std`` over trials with an MT-Bench score, ``n_mt_bench`` their count; likewise
+      ``alpaca_lc_mean`` / ``_std`` / ``n_alpaca`` for the AlpacaEval LC win rate (percent).
     * ``stable``: ``failure_rate <= stable_threshold``; a cell without a verdict is never stable.
 
     A missing ``beta_mix`` (losses without a mixing temperature) is its own group key, not dropped.

@@ -31,6 +31,8 @@ from sweep.heatmap_grid import Grid, Panel, by_series, cell_labels, loss_grid, p
 # Outline colour of the stable region: pure-ish blue, absent from the "Reds" and "viridis" colour maps.
 _OUTLINE_COLOUR = "#0073ff"
 _MISSING_COLOUR = "#d9d9d9"
+_BENCHMARKS = (("mt_bench", "mt_bench_mean"), ("alpaca", "alpaca_lc_mean"))
+"""Score panels drawn when any cell has the score: (panel kind, cell column)."""
 
 
 def _outline_segments(mask: np.ndarray) -> list[list[tuple[float, float]]]:
@@ -206,13 +208,11 @@ def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float
         collapse = _loss_figure(grid, loss, [panels["collapse"]], stable_threshold)
         figures.append(_save(collapse, out_dir / f"collapse_{stem}.png"))
         score_panels = [panels["accuracy"]]
-        if grid.cells["mt_bench_mean"].notna().any():
-            score_panels.append(panels["mt_bench"])
+        score_panels += [panels[k] for k, column in _BENCHMARKS if grid.cells[column].notna().any()]
         figures.append(_save(_loss_figure(grid, loss, score_panels, stable_threshold), out_dir / f"score_{stem}.png"))
 
     overview_panels = [panels["collapse"], panels["accuracy"]]
-    if cells["mt_bench_mean"].notna().any():
-        overview_panels.append(panels["mt_bench"])
+    overview_panels += [panels[k] for k, column in _BENCHMARKS if cells[column].notna().any()]
     n_seeds = int(cells["n_trials"].max())
     overview = _overview_figure(grids, overview_panels, stable_threshold, n_seeds)
     figures.append(_save(overview, out_dir / "stability_overview.png"))

@@ -270,4 +270,17 @@ def test_write_claims_writes_the_file(tmp_path: Path) -> None:
 def test_optional_columns_may_be_absent(missing: str) -> None:
     df = frame(dlrml_box(seeds=1))
     claims = evaluate_claims(df.drop(columns=[missing], errors="ignore"))
-    assert len(claims) == 9
+    assert len(claims) == 10
+
+
+def test_d_over_dpo_targets_six_to_eight_points() -> None:
+    def rows(gap: float) -> list[dict]:
+        out = scored("dlrml", 7.2, 4) + scored("dpo", 6.5, 4)
+        for r in out:
+            r["alpaca_lc"] = (20.0 + gap if r["loss"] == "dlrml" else 20.0) + r["seed"] * 0.01
+        return out
+
+    supported = claim_d(measured(rows(7.0)), "stable", baseline="dpo")
+    assert supported.id == "d-dpo[stable]" and supported.verdict == "supported"
+    assert "+6 to +8" in supported.statement
+    assert claim_d(measured(rows(2.5)), "stable", baseline="dpo").verdict == "refuted"

@@ -19,7 +19,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trainers.protocol", "trainers.typed_config", "trainers.typed_config.*"),
     ("trainers.losses",),
     ("trainers.collapse", "trainers.verdicts"),
-    ("trainers.config", "evaluation.config", "sweep.config"),
+    (
+        "trainers.config",
+        "evaluation.config",
+        "evaluation.alpaca_eval_config",
+        "sweep.alpaca_eval_config",
+        "sweep.config",
+    ),
     (
         "trainers.atomic_dir",
         "trainers.data",
@@ -36,12 +42,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "evaluation.mt_bench_data",
         "evaluation.mt_bench_judge_prompts",
         "evaluation.generation",
+        "evaluation.alpaca_eval_data",
+        "evaluation.alpaca_eval_metrics",
     ),
     ("trainers.reference", "evaluation.judges"),
-    ("trainers.trial_runner", "evaluation.mt_bench"),
+    ("trainers.trial_runner", "evaluation.mt_bench", "evaluation.alpaca_eval_judge", "evaluation.alpaca_eval"),
     ("sweep.*",),
     ("sweep.driver",),
-    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.__main__"),
+    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.__main__", "evaluation.cli"),
 )
 """Lowest first: a module may import modules of its own layer or below (the first matching pattern decides)."""
 

@@ -228,11 +228,16 @@ def test_bundled_prompts_match_fastchat_layout_but_not_text(real: MTBenchData) -
 
 
 def test_bundled_files_ship_in_package_data() -> None:
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert 'evaluation = ["data/*.jsonl"]' in pyproject
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "evaluation"
+    ]
     for kind in ("questions", "judge_prompts", "reference_answers"):
         path = resolve_source(None, kind)
         assert path.parent == REPO_ROOT / "evaluation" / "data" and path.suffix == ".jsonl"
+        assert any(fnmatch.fnmatch(f"data/{path.name}", glob) for glob in globs)
 
 
 def test_select_questions_filters_then_limits() -> None:

@@ -8,15 +8,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from evaluation.cli import add_model_arguments, check_model_specs, parse_config, resolve_device
 from evaluation.config import EvalConfig
 from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
-from evaluation.mt_bench import format_scores, load_mt_bench_data, run_mt_bench, safe_name
-from trainers.typed_config import apply_overrides, build, config_parser, overrides_from_args
+from evaluation.mt_bench import format_scores, load_mt_bench_data, run_mt_bench
+from trainers.typed_config import config_parser
 
 CONFIG_ALIASES = {
     "--judge-backend": "judge_backend",
@@ -50,10 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
         CONFIG_ALIASES,
         title="MT-Bench config fields (set any with --set key=value; values are YAML):",
     )
-    parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model-id", help="name of the evaluated model (default: derived from --model)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
+    add_model_arguments(parser)
     return parser
 
 
@@ -61,37 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: every flag and data file is validated before any model is loaded."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = build(EvalConfig, apply_overrides({}, overrides_from_args(args), EvalConfig))
-    except ValueError as err:
-        parser.error(str(err))
-    model_id = args.model_id or safe_name(Path(args.model.rstrip("/")).name)
-    if safe_name(model_id) != model_id:
-        parser.error(f"--model-id must consist of letters, digits, '.', '_' or '-', got {model_id!r}")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} exists and is not a directory")
-
-    import torch
-
-    from trainers.models import EMBEDDED_MODEL, load_model, load_tokenizer, resolve_model_path
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        parser.error(f"--device: {err}")
-    specs = [("--model", args.model)]
-    if cfg.judge_backend == "local":
-        specs.append(("--judge-model", cfg.resolved_judge_model))
-    for flag, spec in specs:
-        if spec != EMBEDDED_MODEL:
-            try:
-                resolve_model_path(spec)
-            except (ValueError, FileNotFoundError) as err:
-                parser.error(f"{flag}: {err}")
+    cfg, model_id = parse_config(parser, args, EvalConfig)
+    device = resolve_device(parser, args.device)
+    local_judge = cfg.resolved_judge_model if cfg.judge_backend == "local" else None
+    check_model_specs(parser, [("--model", args.model), ("--judge-model", local_judge)])
     try:
         load_mt_bench_data(cfg)
     except (ValueError, FileNotFoundError) as err:
@@ -102,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             judge = OpenAIJudge.from_config(cfg)
         except JudgeError as err:
             parser.error(str(err))
+
+    from trainers.models import load_model, load_tokenizer
 
     model = load_model(args.model).to(device)
     tokenizer = load_tokenizer(args.model)
