@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from sweep.config import SweepConfig, to_dict
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
 from sweep.preflight import SweepInputError, check_mt_bench
-from sweep.ray_cluster import init_ray, joins_cluster, on_worker_resources
+from sweep.ray_cluster import init_ray
+from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
@@ -31,7 +31,7 @@ from trainers.data_summary import DataSummary, summarize_data
 from trainers.dpo_config import resolve_deepspeed_config
 from trainers.models import load_tokenizer, resolve_model_path
 from trainers.protocol import ReportKey, TrialStatus
-from trainers.reference import ReferenceLogps, compute_reference_logps
+from trainers.reference import ReferenceLogps
 from trainers.trial_runner import load_trial_data
 
 
@@ -211,34 +211,6 @@ class SweepDriver:
         fit = min(int(cluster.get(key, 0.0) // need) for key, need in per_trial.items())
         return min(fit, resources.max_concurrent_trials or fit)
 
-    def _reference_in_driver(self) -> bool:
-        """Whether the reference pass runs in this process, while a local Ray instance starts.
-
-        On CPU with a local instance, the driver has already imported the ML stack (to check the data), and a Ray
-        task would start a fresh process that imports it again; on a cluster or a GPU the pass runs as a Ray task
-        on one trial worker's resources (its GPU, its node's view of the shared storage).
-        """
-        return self.config.share_reference and not self.config.resources.use_gpu and not joins_cluster(self.address)
-
-    def _shared_reference(self, in_driver: bool) -> ReferenceLogps:
-        """Compute (or reuse) the sweep's reference log-probs: here, or as a Ray task (:meth:`_reference_in_driver`)."""
-        started = time.monotonic()
-        root = str(Path(self.storage_path) / "reference")
-        if in_driver:
-            from sweep.ray_trial import quiet_progress_bars
-
-            quiet_progress_bars()
-            reference = compute_reference_logps(self.config.train, self.data, root)
-        else:
-            import ray
-
-            task = on_worker_resources(compute_reference_logps, self.config.resources)
-            reference = ray.get(task.remote(self.config.train, self.data, root))
-        print(
-            f"[sweep] reference log-probs {reference.key} ready in {time.monotonic() - started:.1f} s: {reference.path}"
-        )
-        return reference
-
     def run(self) -> SweepOutcome:
         """Run (or resume) the sweep and write the stability map."""
         import ray
@@ -255,8 +227,8 @@ class SweepDriver:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as pool:
             # A reference pass in this process overlaps with the start of the local Ray instance.
-            in_driver = self._reference_in_driver()  # decided before init_ray, which changes what it looks at
-            early = pool.submit(self._shared_reference, True) if in_driver else None
+            in_driver = reference_in_driver(config, self.address)
+            early = pool.submit(shared_reference, config, self.data, self.storage_path, True) if in_driver else None
             init_ray(self.address)
             concurrency = self._max_concurrent(ray.cluster_resources())
             reference = early.result() if early else None
@@ -268,7 +240,7 @@ class SweepDriver:
         )
         print(self.data_summary.describe())
         if config.share_reference and reference is None:
-            reference = self._shared_reference(in_driver=False)
+            reference = shared_reference(config, self.data, self.storage_path, in_driver=False)
         tracker = self._start_tracker(experiment_dir)
         tuner = self._tuner(experiment_dir, concurrency, reference, tracker)
         experiment_dir.mkdir(parents=True, exist_ok=True)
