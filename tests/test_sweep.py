@@ -484,8 +484,14 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
     assert (results / "smoke" / "map" / "stability_overview.png").is_file()
 
 
-def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path):
-    """SIGKILL one trial's Ray Train worker by pid, twice: with ``resources.max_failures=1`` Tune restarts the trial
+@pytest.mark.parametrize(
+    "workers",
+    [[], ["resources.num_workers=2", "resources.cpus_per_worker=1"]],
+    ids=["in-process", "worker-group"],
+)
+def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path, workers):
+    """SIGKILL the process that trains one trial (its Tune trial process when it trains in process, its rank-0
+    Ray Train worker with two workers) by pid, twice: with ``resources.max_failures=1`` Tune restarts the trial
     once, then records it ``errored`` with its error; the other trial completes, and MLflow agrees."""
     results, name, db = tmp_path / "results", "killed-worker", tmp_path / "mlflow.db"
     env = {**ray_cluster.env, MARK_VAR: uuid.uuid4().hex}
@@ -493,7 +499,7 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
         *(sys.executable, str(REPO_ROOT / RUN_SCRIPT), "--config", "smoke", "--name", name),
         *("--address", ray_cluster.gcs_address, "--mlflow-uri", f"sqlite:///{db}", f"storage_path={results}"),
         *("grid.losses=[dpo]", "grid.beta_kl=[0.1,0.2]", "grid.beta_mix=[]", "scheduler.asha=false"),
-        *("resources.max_failures=1", "resources.max_concurrent_trials=1"),
+        *("resources.max_failures=1", "resources.max_concurrent_trials=1", *workers),
     ]
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
