@@ -78,6 +78,10 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # Every parameter gets a gradient every step (a causal LM uses all its weights; a learnable beta_mix is used
+        # by the loss). Searching for unused ones would also mark that beta_mix, which the loss uses after the
+        # forward, ready before its gradient exists: DDP fails ("marked as ready twice").
+        ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
     )
 

@@ -137,11 +137,14 @@ def run_trial(
     if train_rows:
         train_dataset = train_dataset.shuffle(seed=train.seed).select(range(train_rows))
     tokenizer = load_tokenizer(train.model)
+    # The DPOConfig (and with it the DeepSpeed config) exists before the model is loaded, so that under ZeRO-3
+    # transformers' from_pretrained partitions the weights at load (zero.Init) instead of each rank holding them all.
+    args = build_dpo_config(train, loss)
     model = load_model(train.model, dtype=PRECISION_DTYPES[train.precision])
     collapse = CollapseCallback(DivergenceMonitor(train.divergence), on_metrics=on_metrics)
     trainer = RegistryDPOTrainer(
         model=model,
-        args=build_dpo_config(train, loss),
+        args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

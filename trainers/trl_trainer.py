@@ -29,7 +29,48 @@ from trainers.protocol import Metric
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_grad_norm")
 """Labels of the step phases this trainer adds to any ``torch.profiler`` trace (``bench/profile_step.py``)."""
+BETA_MIX_MODULE = "dlrml_beta_mix"
+"""Name of the learnable ``beta_mix`` submodule on the policy model (``dlrml_learnable``)."""
 _NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
+
+
+class LearnableBetaMix(torch.nn.Module):
+    """``beta_mix = exp(log_value)``: a positive scalar trained with the policy, as a submodule *of the policy*.
+
+    As part of the model it is whatever DDP / DeepSpeed manage: DDP broadcasts it at wrap time and all-reduces its
+    gradient, ZeRO partitions it with the other weights, so every rank keeps one ``beta_mix``. (A parameter outside
+    the model is neither all-reduced under DDP, so ranks drift apart, nor known to ZeRO-3: ``partition_numel``
+    fails.) It is a module rather than a bare parameter so that the loss reads it through a forward call: ZeRO-3
+    gathers a partitioned parameter only inside a forward of the module that owns it.
+
+    Args:
+        beta_mix: Initial value (> 0).
+    """
+
+    def __init__(self, beta_mix: float) -> None:
+        super().__init__()
+        # Shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which a 0-d tensor cannot take.
+        self.log_value = torch.nn.Parameter(torch.tensor([math.log(beta_mix)]))
+
+    def forward(self) -> torch.Tensor:
+        """The current ``beta_mix``, a differentiable 0-d tensor."""
+        return self.log_value.exp().squeeze(0)
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module, beta_mix: float) -> LearnableBetaMix:
+        """Register a learnable ``beta_mix`` on ``model`` (once) as :data:`BETA_MIX_MODULE`, kept out of checkpoints.
+
+        ``save_pretrained`` drops its key, so a saved policy loads with ``from_pretrained`` like any other
+        checkpoint of its architecture.
+        """
+        existing = getattr(model, BETA_MIX_MODULE, None)
+        if isinstance(existing, cls):
+            return existing
+        module = cls(beta_mix).to(next(model.parameters()).device)
+        model.add_module(BETA_MIX_MODULE, module)
+        ignored = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+        model._keys_to_ignore_on_save = ignored | {f"{BETA_MIX_MODULE}.log_value"}
+        return module
 
 
 class RegistryDPOTrainer(DPOTrainer):
@@ -45,14 +86,12 @@ class RegistryDPOTrainer(DPOTrainer):
     def __init__(self, *args, loss: LossConfig, **kwargs) -> None:
         self.loss_config = loss
         self.loss_spec = get_loss(loss.name)
-        self.log_beta_mix: torch.nn.Parameter | None = None
+        self.beta_mix: LearnableBetaMix | None = None
         if "beta_mix" in self.loss_spec.learnable:
-            # beta_mix = exp(log_beta_mix) stays positive whatever the optimiser does.
-            self.log_beta_mix = torch.nn.Parameter(torch.tensor(math.log(loss.beta_mix)))
+            model = kwargs["model"] if "model" in kwargs else args[0]
+            self.beta_mix = LearnableBetaMix.attach(model, loss.beta_mix)
         self._last_logps: tuple[torch.Tensor, ...] | None = None
         super().__init__(*args, **kwargs)
-        if self.log_beta_mix is not None:
-            self.log_beta_mix.data = self.log_beta_mix.data.to(self.accelerator.device)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         """Reference log-probs that came with the data (shared by a whole sweep) are used as they are."""
@@ -61,21 +100,25 @@ class RegistryDPOTrainer(DPOTrainer):
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def create_optimizer(self, model=None):
-        """TRL/transformers' optimiser plus, for a learnable ``beta_mix``, its own parameter group."""
+        """TRL/transformers' optimiser, with a learnable ``beta_mix`` moved into its own parameter group.
+
+        transformers puts every model parameter (the learnable ``beta_mix`` included, as it lives on the model) in
+        the policy's groups; it gets its own learning rate and no weight decay instead. DeepSpeed builds its
+        engine around this same optimiser when its config names none.
+        """
         optimizer = super().create_optimizer(model)
-        if self.log_beta_mix is not None and not any(
-            p is self.log_beta_mix for group in optimizer.param_groups for p in group["params"]
-        ):
-            optimizer.add_param_group(
-                {"params": [self.log_beta_mix], "lr": self.loss_config.beta_mix_lr, "weight_decay": 0.0}
-            )
+        if self.beta_mix is not None:
+            log_value = self.beta_mix.log_value
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not log_value]
+            optimizer.add_param_group({"params": [log_value], "lr": self.loss_config.beta_mix_lr, "weight_decay": 0.0})
         return optimizer
 
     def loss_hparams(self) -> dict[str, float | torch.Tensor]:
         """Keyword hyper-parameters of the loss; a learnable ``beta_mix`` is a differentiable 0-d tensor."""
         hparams: dict[str, float | torch.Tensor] = dict(self.loss_config.hparams())
-        if self.log_beta_mix is not None:
-            hparams["beta_mix"] = self.log_beta_mix.exp()
+        if self.beta_mix is not None:
+            hparams["beta_mix"] = self.beta_mix()
         return hparams
 
     def _compute_loss(self, model, inputs, return_outputs):
@@ -148,7 +191,7 @@ class RegistryDPOTrainer(DPOTrainer):
         }
         if out.mix is not None:
             stats.update(mix_statistics(gather(out.mix.detach())))
-        if self.log_beta_mix is not None:
+        if self.beta_mix is not None:
             stats[Metric.BETA_MIX_VALUE] = hparams["beta_mix"].detach()
         values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
         # Plain-string keys: TRL's metric buffer and the logs it feeds to callbacks are keyed by str.
