@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tests.distributed import run_ranks
 from trainers.config import LossConfig, TrainConfig
@@ -59,12 +59,28 @@ def _train(model_dir: Path, output_dir: Path, world: int, deepspeed: str | None 
     )
 
 
+class LoadedWeights(TrainerCallback):
+    """Records, when the trainer is built (before DeepSpeed's engine exists), which weights ZeRO-3 already owns."""
+
+    def __init__(self) -> None:
+        self.partitioned: list[bool] = []
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.partitioned = [hasattr(p, "ds_id") for n, p in model.named_parameters() if BETA_MIX_MODULE not in n]
+
+
 def trial_on_rank(train: TrainConfig, reference: ReferenceLogps) -> dict:
     """One rank's trial (module level, so that spawned ranks can import it): its history, verdict and model dir."""
     from trainers.trial_runner import run_trial
 
-    result = run_trial(train, LOSS, data=_data(), reference=reference)
-    return {"history": result.history, "status": str(result.status), "model_dir": result.model_dir}
+    loaded = LoadedWeights()
+    result = run_trial(train, LOSS, data=_data(), reference=reference, callbacks=[loaded])
+    return {
+        "history": result.history,
+        "status": str(result.status),
+        "model_dir": result.model_dir,
+        "partitioned_at_load": loaded.partitioned,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +115,9 @@ def test_two_ranks_match_one_process_and_keep_one_beta_mix(deepspeed, tiny_model
             for key in COMPARED:
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (deepspeed, ours["step"], key)
         assert rank["status"] == one_process["status"]
+    # Under ZeRO-3 from_pretrained partitions every weight at load (zero.Init), not the engine after a full load.
+    for rank in ranks:
+        assert rank["partitioned_at_load"] and all(rank["partitioned_at_load"]) == (deepspeed == "zero3_bf16.json")
     beta_mix = [[record["beta_mix/value"] for record in _steps(rank["history"])] for rank in ranks]
     assert beta_mix[0] == beta_mix[1]
     assert beta_mix[0][-1] != pytest.approx(LOSS.beta_mix, rel=1e-4), "beta_mix never trained: nothing to compare"
