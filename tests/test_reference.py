@@ -8,6 +8,7 @@ import math
 import shutil
 
 import pytest
+from trl.trainer import dpo_trainer as trl_dpo_trainer
 
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import load_preference_data
@@ -73,12 +74,18 @@ def test_second_sweep_reuses_stored_logps(base, data, tmp_path):
 
 
 @pytest.mark.parametrize("loss", [LossConfig("dlrml", 0.1, 0.2), LossConfig("ipo", 0.5)])
-def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss):
+def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss, monkeypatch):
     reference = compute_reference_logps(base, data, tmp_path / "ref")
+    hashed: list[str] = []
+    original = trl_dpo_trainer.hash_module
+    monkeypatch.setattr(trl_dpo_trainer, "hash_module", lambda module: hashed.append("own") or original(module))
     own = run_trial(dataclasses.replace(base, output_dir=str(tmp_path / "own")), loss, data=data)
+    # TRL hashes the whole model for its own reference pass; a trial given the shared reference skips both.
+    assert hashed == ["own"]
     shared = run_trial(
         dataclasses.replace(base, output_dir=str(tmp_path / "shared")), loss, data=data, reference=reference
     )
+    assert hashed == ["own"], "TRL hashed the model although the shared reference log-probs were attached"
     assert own.steps == shared.steps == 4
     assert len(own.history) == len(shared.history)
     compared = 0

@@ -13,13 +13,15 @@ precomputed reference log-probs, optimisation, DeepSpeed) is TRL's and transform
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.profiler import record_function
 from transformers import TrainerCallback
 from trl import DPOTrainer
+from trl.trainer import dpo_trainer as trl_dpo_trainer
 
 from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
 from trainers.config import LossConfig
@@ -32,6 +34,29 @@ PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_gr
 BETA_MIX_MODULE = "dlrml_beta_mix"
 """Name of the learnable ``beta_mix`` submodule on the policy model (``dlrml_learnable``)."""
 _NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
+
+
+def _has_reference(dataset) -> bool:
+    """Whether a dataset already carries reference log-probs (the sweep's shared pass attached them)."""
+    return all(column in (getattr(dataset, "column_names", None) or ()) for column in REF_COLUMNS)
+
+
+@contextlib.contextmanager
+def _without_model_hash() -> Iterator[None]:
+    """TRL's ``DPOTrainer.__init__`` without its hash of the whole model.
+
+    With ``precompute_ref_log_probs=True`` TRL hashes every weight on every rank (minutes for a 7B model in host
+    RAM) only to name the cache file of its own reference pass. Data that already carries the reference log-probs
+    never reaches that pass (:meth:`RegistryDPOTrainer._precompute_ref_logps` returns it as is), so the hash would be
+    unused. Turning ``precompute_ref_log_probs`` off instead would make TRL load a second, reference model. TRL
+    looks ``hash_module`` up in its module's namespace at call time; it is restored on exit.
+    """
+    original = trl_dpo_trainer.hash_module
+    trl_dpo_trainer.hash_module = lambda module: "dlrml-shared-reference"
+    try:
+        yield
+    finally:
+        trl_dpo_trainer.hash_module = original
 
 
 class LearnableBetaMix(torch.nn.Module):
@@ -91,11 +116,16 @@ class RegistryDPOTrainer(DPOTrainer):
             model = kwargs["model"] if "model" in kwargs else args[0]
             self.beta_mix = LearnableBetaMix.attach(model, loss.beta_mix)
         self._last_logps: tuple[torch.Tensor, ...] | None = None
-        super().__init__(*args, **kwargs)
+        datasets = [kwargs.get("train_dataset"), kwargs.get("eval_dataset")]
+        if all(_has_reference(d) for d in datasets if d is not None) and datasets[0] is not None:
+            with _without_model_hash():
+                super().__init__(*args, **kwargs)
+        else:
+            super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         """Reference log-probs that came with the data (shared by a whole sweep) are used as they are."""
-        if all(column in dataset.column_names for column in REF_COLUMNS):
+        if _has_reference(dataset):
             return dataset
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
