@@ -15,6 +15,7 @@ from trainers.data import load_preference_data
 from trainers.models import save_tiny_model
 from trainers.reference import attach_reference_logps, compute_reference_logps, reference_key
 from trainers.trial_runner import run_trial
+from trainers.trl_trainer import RegistryDPOTrainer
 
 TIMING_KEYS = ("runtime", "per_second")
 
@@ -47,6 +48,7 @@ def test_key_changes_with_every_input_and_only_then(base, data, tmp_path_factory
     # Tokenisation limit, precision, data and model each change it.
     assert reference_key(dataclasses.replace(base, max_length=32), data) != key
     assert reference_key(dataclasses.replace(base, precision="bf16"), data) != key
+    assert reference_key(dataclasses.replace(base, reference_batch_size=3), data) != key
     other_rows = load_preference_data("embedded", max_train_rows=9, max_eval_rows=4)
     assert reference_key(base, other_rows) != key
     other_model = save_tiny_model(tmp_path_factory.mktemp("other-model"), seed=1)
@@ -106,3 +108,17 @@ def test_logps_of_other_pairs_are_refused(base, data, tmp_path):
     assert other.fingerprint() != data.fingerprint()
     with pytest.raises(ValueError, match="computed for other pairs"):
         attach_reference_logps(other, reference)
+
+
+def test_reference_pass_runs_in_batches_of_reference_batch_size(base, data, tmp_path, monkeypatch):
+    """The shared pass takes ``reference_batch_size`` pairs per forward, not the training batch (2 here)."""
+    sizes: list[int] = []
+    original = RegistryDPOTrainer.compute_ref_log_probs
+
+    def spy(self, model, inputs):
+        sizes.append(inputs["input_ids"].shape[0] // 2)  # rows are [chosen; rejected]
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(RegistryDPOTrainer, "compute_ref_log_probs", spy)
+    compute_reference_logps(dataclasses.replace(base, reference_batch_size=3), data, tmp_path)
+    assert sizes == [3, 3, 2, 3, 1]  # 8 train pairs, then 4 held-out pairs

@@ -69,6 +69,7 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         loss_type=[spec.trl_loss_type or "sigmoid"],
         discopop_tau=loss.tau,
         precompute_ref_log_probs=precompute_ref,
+        precompute_ref_batch_size=train.reference_batch_size,
         logging_steps=1,
         # HF's default replaces a NaN/Inf loss by the running average: a diverged step would look healthy.
         logging_nan_inf_filter=False,
