@@ -128,6 +128,10 @@ class GridConfig:
         return len(self.trials()) * len(self.seeds)
 
 
+PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
+"""Ray placement-group strategies (``ray.util.placement_group``)."""
+
+
 @dataclass
 class ResourcesConfig:
     """Resources of one trial; each trial runs its training on a Ray Train ``TorchTrainer``."""
@@ -145,6 +149,19 @@ class ResourcesConfig:
         False,
         help="The cluster grows on demand (``ray up`` / KubeRay autoscaling): skip the check that one trial fits the "
         "resources present at launch, and leave concurrency to ``max_concurrent_trials``.",
+    )
+    placement_strategy: PlacementStrategy = option(
+        "STRICT_PACK",
+        help="Placement of a trial's workers (its placement group): ``STRICT_PACK`` keeps all of them on one node, so "
+        "an 8-GPU ZeRO-3 trial never gathers its weights across nodes; ``PACK`` may spread them when no single node "
+        "has room (needs a fast inter-node network).",
+    )
+    placement_timeout_s: float = option(
+        900.0,
+        gt=0,
+        help="How long a trial's worker group waits for its placement group before the attempt fails (Ray Train's "
+        "worker-group start timeout, 60 s by default); on an autoscaling cluster it must cover a GPU node's boot and "
+        "image pull. A trial fails after 3 such attempts.",
     )
     max_failures: int = option(
         1,

@@ -21,6 +21,7 @@ from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_
 from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray, on_worker_resources
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
+from sweep.storage_check import check_shared_storage
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
 from trainers.data_summary import DataSummary, summarize_data
@@ -226,6 +227,7 @@ class SweepDriver:
         # floods the driver log with bytecode listings. Inherited by a local Ray instance's workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         init_ray(self.address)
+        check_shared_storage(self.storage_path)
         concurrency = self._max_concurrent(ray.cluster_resources())
         experiment_dir = Path(self.storage_path) / config.name
         searched = " in the grid, searched adaptively" if config.search == "adaptive" else ""
