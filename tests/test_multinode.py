@@ -24,8 +24,6 @@ import pytest
 from sweep.storage_check import PROBE_PREFIX, StorageNotSharedError
 from tests.procs import BIN_DIR, MARK_VAR, free_port, make_env, run, stop_group
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 pytestmark = pytest.mark.slow
 
 
@@ -96,7 +94,7 @@ def two_nodes() -> Iterator[TwoNodes]:
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     # Token authentication for every process of the cluster and its drivers (as tests/test_sweep.py's cluster).
-    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(REPO_ROOT))
+    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     port = free_port()
     head_log, worker_log = tmp / "head.log", tmp / "worker.log"
     ray_bin = str(BIN_DIR / "ray")

@@ -39,7 +39,7 @@ from sweep.ray_trial import WORKERS_LOG
 from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, SWEEP_TAG, TRIAL_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
-from trainers.protocol import TrialStatus
+from trainers.protocol import ReportKey, ReportType, TrialStatus
 
 VERDICT_REASONS = {"no_learning", "likelihood_collapse", "accuracy_below_chance", "accuracy_back_to_chance"}
 
@@ -573,3 +573,47 @@ def test_adaptive_sweep_measures_part_of_the_grid_and_labels_what_it_inferred(tm
     assert len(trials) <= 3 and (trials["seed"] == 0).all()
     for cell in cells[cells["inferred"].astype(bool)].itertuples():
         assert cell.n_trials == 0 and isinstance(cell.assumption, str) and cell.assumption
+
+
+def _trial_reports(results: Path) -> list[dict]:
+    """Every report Tune recorded for the sweep's only trial (its ``result.json``, one JSON object a line)."""
+    (path,) = [p for p in results.rglob("result.json") if p.stat().st_size]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.distributed
+def test_two_worker_trial_reports_what_one_worker_reports_on_the_same_global_batch(tmp_path, short_tmp):
+    """One dLRML trial through Ray Train's TorchTrainer: 1 worker x 4 pairs, then 2 gloo workers x 2 pairs.
+
+    The per-step metrics Tune receives (rank 0's, gathered over ranks by the trainer) and the verdict must agree
+    to float tolerance: nothing in the sweep path may depend on how the global batch is split.
+    """
+    reports, verdicts = {}, {}
+    for workers in (1, 2):
+        results = tmp_path / f"w{workers}"
+        proc = run_sweep(
+            *("--config", "smoke", "--no-mlflow", f"storage_path={results}"),
+            *("grid.losses=[dlrml]", "grid.beta_kl=[0.1]", "grid.beta_mix=[0.2]", "train.learning_rate=1e-3"),
+            *("train.max_steps=3", "train.eval_steps=3", f"train.per_device_batch_size={4 // workers}"),
+            *(f"resources.num_workers={workers}", "resources.cpus_per_worker=1"),
+            cwd=tmp_path,
+            env=make_env(short_tmp / f"w{workers}"),
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        kinds = (ReportType.TRAIN, ReportType.EVAL, ReportType.FINAL)
+        reports[workers] = [r for r in _trial_reports(results) if r[ReportKey.REPORT_TYPE] in kinds]
+        verdicts[workers] = pd.read_csv(results / "smoke" / "map" / "trials.csv")["status"].tolist()
+    assert verdicts[1] == verdicts[2] and len(verdicts[1]) == 1
+    kinds = [(r[ReportKey.STEP], r[ReportKey.REPORT_TYPE]) for r in reports[1]]
+    assert kinds == [(r[ReportKey.STEP], r[ReportKey.REPORT_TYPE]) for r in reports[2]]
+    assert [step for step, kind in kinds if kind == ReportType.TRAIN] == [1, 2, 3]
+    assert (3, ReportType.EVAL) in kinds and kinds[-1] == (3, ReportType.FINAL)
+    compared = 0
+    for one, two in zip(reports[1], reports[2], strict=True):
+        # Every metric both reported (train, held-out, verdict), bookkeeping and timings aside.
+        keys = {k for k in one.keys() & two.keys() if "/" in k or k in ("loss", "grad_norm", "final")}
+        for key in keys - {ReportKey.REPORT_TYPE.value, "verdict/step"}:
+            if isinstance(one[key], float | int) and not any(t in key for t in ("runtime", "per_second", "time")):
+                assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5, nan_ok=True), (one["step"], key)
+                compared += 1
+    assert compared > 40

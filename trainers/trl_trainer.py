@@ -116,11 +116,9 @@ class RegistryDPOTrainer(DPOTrainer):
             model = kwargs["model"] if "model" in kwargs else args[0]
             self.beta_mix = LearnableBetaMix.attach(model, loss.beta_mix)
         self._last_logps: tuple[torch.Tensor, ...] | None = None
-        datasets = [kwargs.get("train_dataset"), kwargs.get("eval_dataset")]
-        if all(_has_reference(d) for d in datasets if d is not None) and datasets[0] is not None:
-            with _without_model_hash():
-                super().__init__(*args, **kwargs)
-        else:
+        train, held_out = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        shared_reference = _has_reference(train) and (held_out is None or _has_reference(held_out))
+        with _without_model_hash() if shared_reference else contextlib.nullcontext():
             super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
