@@ -83,14 +83,12 @@ class LearnableBetaMix(torch.nn.Module):
 
     @classmethod
     def attach(cls, model: torch.nn.Module, beta_mix: float) -> LearnableBetaMix:
-        """Register a learnable ``beta_mix`` on ``model`` (once) as :data:`BETA_MIX_MODULE`, kept out of checkpoints.
+        """Register a fresh learnable ``beta_mix`` on ``model`` as :data:`BETA_MIX_MODULE`, kept out of checkpoints.
 
-        ``save_pretrained`` drops its key, so a saved policy loads with ``from_pretrained`` like any other
-        checkpoint of its architecture.
+        A module an earlier trial left on the same model object is replaced, so every trial starts from its own
+        ``beta_mix``. ``save_pretrained`` drops its key, so a saved policy loads with ``from_pretrained`` like any
+        other checkpoint of its architecture.
         """
-        existing = getattr(model, BETA_MIX_MODULE, None)
-        if isinstance(existing, cls):
-            return existing
         module = cls(beta_mix).to(next(model.parameters()).device)
         model.add_module(BETA_MIX_MODULE, module)
         ignored = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
