@@ -19,8 +19,10 @@ import yaml
 
 from evaluation.config import EvalConfig
 from sweep.alpaca_eval_config import AlpacaEvalSweepConfig
+from sweep.resources_config import ResourcesConfig
 from trainers.config import LossConfig, TrainConfig
 from trainers.losses import DISCOPOP_TAU, LOSS_FORMS, LOSSES, LossForm, get_loss
+from trainers.protocol import HELD_OUT_ACCURACY
 from trainers.typed_config import ConfigError, Override, apply_overrides, build, option, to_dict, validate
 from trainers.typed_config import fields_help as _fields_help
 
@@ -45,7 +47,6 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-HELD_OUT_ACCURACY = "eval_rewards/accuracies"
 MTBenchPolicy = Literal["all", "top_k", "none"]
 MT_BENCH_POLICIES: tuple[str, ...] = typing.get_args(MTBenchPolicy)
 Search = Literal["grid", "adaptive"]
@@ -127,46 +128,6 @@ class GridConfig:
     def n_trials(self) -> int:
         """Number of trials the grid expands to."""
         return len(self.trials()) * len(self.seeds)
-
-
-@dataclass
-class ResourcesConfig:
-    """Resources of one trial; each trial runs its training on a Ray Train ``TorchTrainer``."""
-
-    num_workers: int = option(
-        1, gt=0, help="Data-parallel training workers per trial (its placement group has one bundle each)."
-    )
-    use_gpu: bool = option(False, help="Train on GPUs (NCCL backend) instead of CPUs (gloo backend).")
-    cpus_per_worker: float = option(2, gt=0, help="CPUs reserved per worker (torch uses as many threads).")
-    gpus_per_worker: float = option(1, help="GPUs reserved per worker when ``use_gpu`` (then it must be > 0).")
-    max_concurrent_trials: int | None = option(
-        None, gt=0, help="Cap on trials running at once; ``null`` derives it from the cluster's resources."
-    )
-    autoscale: bool = option(
-        False,
-        help="The cluster grows on demand (``ray up`` / KubeRay autoscaling): skip the check that one trial fits the "
-        "resources present at launch, and leave concurrency to ``max_concurrent_trials``.",
-    )
-    max_failures: int = option(
-        1,
-        ge=0,
-        help="Retries of a trial whose process crashed (exception, OOM, killed worker); a diverged trial is a result "
-        "and is never retried.",
-    )
-
-    def __post_init__(self) -> None:
-        validate(self, label="resources")
-
-    def _check(self) -> None:
-        if self.use_gpu and not self.gpus_per_worker > 0:
-            raise ConfigError(f"must be > 0 with use_gpu, got {self.gpus_per_worker!r}", "gpus_per_worker")
-
-    def per_trial(self) -> dict[str, float]:
-        """Total resources one trial's workers reserve (``{"CPU": .., "GPU": ..}``)."""
-        total = {"CPU": self.cpus_per_worker * self.num_workers}
-        if self.use_gpu:
-            total["GPU"] = self.gpus_per_worker * self.num_workers
-        return total
 
 
 @dataclass

@@ -25,6 +25,7 @@ from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray
 from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
+from sweep.storage_check import check_shared_storage
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
 from trainers.data_summary import DataSummary, summarize_data
@@ -230,6 +231,7 @@ class SweepDriver:
             in_driver = reference_in_driver(config, self.address)
             early = pool.submit(shared_reference, config, self.data, self.storage_path, True) if in_driver else None
             init_ray(self.address)
+            check_shared_storage(self.storage_path)
             concurrency = self._max_concurrent(ray.cluster_resources())
             reference = early.result() if early else None
         experiment_dir = Path(self.storage_path) / config.name

@@ -17,6 +17,15 @@ EVALUATION_FAILED = "failed:"
 """Prefix of an ``mt_bench_reason`` whose evaluation failed after training (the sweep then exits incomplete)."""
 
 
+def _no_policy_reason(config: SweepConfig, model_dir: Path) -> str:
+    """Why a trial that trained to the end has no saved policy where the driver looks for it."""
+    if not config.train.save_model:
+        return "no saved policy (train.save_model=false)"
+    # The trial saved it on its own node: storage_path is not one directory on every node (a node that joined after
+    # the sweep's storage check, or a mount that failed there).
+    return f"saved policy not found at {model_dir}: is storage_path shared by every node? (cluster/README.md)"
+
+
 def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str, tracker) -> pd.DataFrame:
     """MT-Bench the trials the policy selects; every other trial gets the reason it has no score.
 
@@ -46,7 +55,8 @@ def score_mt_bench(trials: pd.DataFrame, config: SweepConfig, storage_path: str,
         trial_dir = trial_output_dir(storage_path, config.name, row["trial_id"])
         model_dir = trial_dir / "model"
         if not model_dir.is_dir():
-            trials.loc[index, "mt_bench_reason"] = "no saved policy (train.save_model=false)"
+            trials.loc[index, "mt_bench_reason"] = _no_policy_reason(config, model_dir)
+            print(f"[sweep] MT-Bench {row['trial_id']} skipped: {trials.loc[index, 'mt_bench_reason']}")
             continue
         if tracker is not None:
             tracker.mark_selected(row["trial_id"], row["config"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sweep.config import ResourcesConfig
@@ -210,12 +211,18 @@ def tune_trial(config: dict[str, Any]) -> None:
     worker_resources = {"CPU": resources["cpus_per_worker"]}
     if use_gpu:
         worker_resources["GPU"] = resources["gpus_per_worker"]
+    # Read by the Train controller this trial starts (Ray propagates it from here): how long the worker group may
+    # wait for its placement group, e.g. for an autoscaled GPU node to boot, before the attempt counts as failed.
+    os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(float(resources["placement_timeout_s"]))
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources["num_workers"], use_gpu=use_gpu, resources_per_worker=worker_resources
+            num_workers=resources["num_workers"],
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources,
+            placement_strategy=resources["placement_strategy"],
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{context.get_trial_id()}",

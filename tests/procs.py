@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 """The virtualenv's ``bin``: ``ray``, ``mlflow`` and the ``python`` a Ray job's entrypoint resolves to."""
 MARK_VAR = "DLRML_TEST_PROCESS_GROUP"
@@ -68,6 +69,9 @@ def make_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(
         PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+        # The checkout under test first, for every process (Ray workers included): an editable install of the
+        # project may point at another checkout (a git worktree shares its parent's virtualenv).
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")])),
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         RAY_TMPDIR=str(tmp),

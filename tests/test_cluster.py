@@ -980,3 +980,71 @@ def test_deepspeed_config_is_accepted_after_hf_fills_auto(path: Path, tmp_path: 
     parsed = DeepSpeedConfig(filled)  # DeepSpeed's own (strict, extra-field-rejecting) config model
     assert parsed.zero_optimization_stage == stage
     assert parsed.train_batch_size == 2 * 4 * args.world_size
+
+
+# ------------------------------------------------------------------------------------- shared storage, concurrency
+
+
+def _seed_config():
+    from sweep.config import load_sweep_config
+
+    return load_sweep_config(SEED_CONFIG)
+
+
+def _mount_point(storage_path: str, mounts: list[str]) -> str:
+    """The mount (of ``mounts``) that holds ``storage_path``; fails if none does."""
+    holding = [m for m in mounts if storage_path == m or storage_path.startswith(m.rstrip("/") + "/")]
+    assert holding, f"storage_path {storage_path} is on no shared mount ({mounts})"
+    return holding[0]
+
+
+def test_ray_up_mounts_the_seed_storage_path_on_every_node():
+    """The seed sweep's storage_path is in a volume every container gets, NFS-mounted on every node type's host."""
+    config = _load_yaml(CLUSTER_YAML)
+    binds = [opt.split()[1].split(":") for opt in config["docker"]["run_options"] if opt.startswith("-v ")]
+    mount = _mount_point(_seed_config().storage_path, [container for _, container in binds])
+    host = next(host for host, container in binds if container == mount)
+    for name, node_type in config["available_node_types"].items():
+        commands = node_type.get("initialization_commands", config["initialization_commands"])
+        nfs = [c for c in commands if "mount -t nfs4" in c]
+        assert nfs, f"{name}: no NFS mount in its initialization_commands"
+        words = shlex.split(nfs[0].split("mount -t nfs4", 1)[1].split(")")[0])
+        assert words[-1] == host, f"{name}: mounts {words[-1]}, the containers bind {host}"
+
+
+def test_kuberay_mounts_one_read_write_many_claim_at_the_storage_path_on_every_pod():
+    cluster = _k8s_doc("RayJob")["spec"]["rayClusterSpec"]
+    groups = {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
+    storage = _seed_config().storage_path
+    claims = set()
+    for name, group in groups.items():
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        mount = _mount_point(storage, list(mounts))
+        claim = volumes[mounts[mount]].get("persistentVolumeClaim", {}).get("claimName")
+        assert claim, f"{name}: {mount} is not a PersistentVolumeClaim"
+        claims.add(claim)
+    assert len(claims) == 1, f"head and workers mount different claims: {claims}"
+    pvc = _k8s_doc("PersistentVolumeClaim", claims.pop())
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+def test_seed_concurrency_matches_the_gpu_nodes_both_cluster_files_allow():
+    """One STRICT_PACK trial per 8-GPU node: max_concurrent_trials is exactly the number of GPU nodes."""
+    resources = _seed_config().resources
+    assert resources.placement_strategy == "STRICT_PACK"
+    per_trial = resources.per_trial()["GPU"]
+    config = _load_yaml(CLUSTER_YAML)
+    workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    assert all(t["resources"]["GPU"] >= per_trial for t in workers), "a trial does not fit on one node"
+    ray_up_nodes = min(config["max_workers"], sum(t["max_workers"] for t in workers))
+    kuberay_nodes = 0
+    for group in _k8s_doc("RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        gpus = container["resources"]["limits"].get("nvidia.com/gpu", 0)
+        kuberay_nodes += group["maxReplicas"] * (gpus // per_trial)
+    assert ray_up_nodes == kuberay_nodes == resources.max_concurrent_trials
+    # Autoscaled nodes boot and pull the image before a trial's placement group can be placed.
+    assert resources.autoscale and resources.placement_timeout_s >= 600

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "evaluation.config",
         "evaluation.alpaca_eval_config",
         "sweep.alpaca_eval_config",
+        "sweep.resources_config",
         "sweep.config",
     ),
     (

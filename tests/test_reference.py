@@ -8,12 +8,14 @@ import math
 import shutil
 
 import pytest
+from trl.trainer import dpo_trainer as trl_dpo_trainer
 
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import load_preference_data
 from trainers.models import save_tiny_model
 from trainers.reference import compute_reference_logps, reference_datasets, reference_key
 from trainers.trial_runner import run_trial
+from trainers.trl_trainer import RegistryDPOTrainer
 
 TIMING_KEYS = ("runtime", "per_second")
 
@@ -46,6 +48,7 @@ def test_key_changes_with_every_input_and_only_then(base, data, tmp_path_factory
     # Tokenisation limit, precision, data and model each change it.
     assert reference_key(dataclasses.replace(base, max_length=32), data) != key
     assert reference_key(dataclasses.replace(base, precision="bf16"), data) != key
+    assert reference_key(dataclasses.replace(base, reference_batch_size=3), data) != key
     other_rows = load_preference_data("embedded", max_train_rows=9, max_eval_rows=4)
     assert reference_key(base, other_rows) != key
     other_model = save_tiny_model(tmp_path_factory.mktemp("other-model"), seed=1)
@@ -77,15 +80,21 @@ def test_second_sweep_reuses_stored_logps(base, data, tmp_path):
 @pytest.mark.parametrize(
     ("loss", "max_steps"), [(LossConfig("dlrml", 0.1, 0.2), -1), (LossConfig("ipo", 0.5), 3)], ids=["all", "subset"]
 )
-def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss, max_steps):
+def test_trial_with_shared_reference_matches_its_own_precompute(base, data, tmp_path, loss, max_steps, monkeypatch):
     """Same numbers whether a trial tokenises its pairs and runs its own reference pass, or takes both from the
     shared pass; ``max_steps=3`` trains on a seeded subset of 6 of the 8 pairs, which must be the same subset."""
     base = dataclasses.replace(base, max_steps=max_steps)
     reference = compute_reference_logps(base, data, tmp_path / "ref")
+    hashed: list[str] = []
+    original = trl_dpo_trainer.hash_module
+    monkeypatch.setattr(trl_dpo_trainer, "hash_module", lambda module: hashed.append("own") or original(module))
     own = run_trial(dataclasses.replace(base, output_dir=str(tmp_path / "own")), loss, data=data)
+    # TRL hashes the whole model for its own reference pass; a trial given the shared reference skips both.
+    assert hashed == ["own"]
     shared = run_trial(
         dataclasses.replace(base, output_dir=str(tmp_path / "shared")), loss, data=data, reference=reference
     )
+    assert hashed == ["own"], "TRL hashed the model although the shared reference log-probs were attached"
     assert own.steps == shared.steps == (4 if max_steps < 0 else max_steps)
     assert len(own.history) == len(shared.history)
     compared = 0
@@ -106,3 +115,17 @@ def test_logps_of_other_pairs_are_refused(base, data, tmp_path):
     assert other.fingerprint() != data.fingerprint()
     with pytest.raises(ValueError, match="computed for other pairs"):
         reference_datasets(other, reference)
+
+
+def test_reference_pass_runs_in_batches_of_reference_batch_size(base, data, tmp_path, monkeypatch):
+    """The shared pass takes ``reference_batch_size`` pairs per forward, not the training batch (2 here)."""
+    sizes: list[int] = []
+    original = RegistryDPOTrainer.compute_ref_log_probs
+
+    def spy(self, model, inputs):
+        sizes.append(inputs["input_ids"].shape[0] // 2)  # rows are [chosen; rejected]
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(RegistryDPOTrainer, "compute_ref_log_probs", spy)
+    compute_reference_logps(dataclasses.replace(base, reference_batch_size=3), data, tmp_path)
+    assert sizes == [3, 3, 2, 3, 1]  # 8 train pairs, then 4 held-out pairs

@@ -14,6 +14,7 @@ processes carrying it (Ray workers included), never Ray instances started by any
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,11 +36,13 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from sweep.config import load_sweep_config
 from sweep.ray_trial import WORKERS_LOG
 from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, SWEEP_TAG, TRIAL_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
 from trainers.collapse import REASONS
-from trainers.protocol import TrialStatus
+from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.trial_runner import run_trial
 
 VERDICT_REASONS = {"no_learning", "likelihood_collapse", "accuracy_below_chance", "accuracy_back_to_chance"}
 
@@ -595,3 +598,56 @@ def test_adaptive_sweep_measures_part_of_the_grid_and_labels_what_it_inferred(tm
     assert len(trials) <= 3 and (trials["seed"] == 0).all()
     for cell in cells[cells["inferred"].astype(bool)].itertuples():
         assert cell.n_trials == 0 and isinstance(cell.assumption, str) and cell.assumption
+
+
+def _trial_reports(results: Path) -> list[dict]:
+    """Every report Tune recorded for the sweep's only trial (its ``result.json``, one JSON object a line)."""
+    (path,) = [p for p in results.rglob("result.json") if p.stat().st_size]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.distributed
+def test_two_worker_trial_reports_what_one_process_reports_on_the_same_global_batch(tmp_path, short_tmp):
+    """One dLRML trial of a sweep through Ray Train's TorchTrainer on 2 gloo workers x 2 pairs, against the same
+    trial run in this process on 1 x 4 pairs.
+
+    The per-step metrics Tune receives (rank 0's, gathered over ranks by the trainer), the held-out evaluation and
+    the verdict must agree to float tolerance: nothing in the sweep path may depend on how the global batch is split.
+    """
+    overrides = [
+        *("grid.losses=[dlrml]", "grid.beta_kl=[0.1]", "grid.beta_mix=[0.2]", "train.learning_rate=1e-3"),
+        *("train.max_steps=3", "train.eval_steps=3"),
+    ]
+    results = tmp_path / "two_workers"
+    proc = run_sweep(
+        *("--config", "smoke", "--no-mlflow", f"storage_path={results}", *overrides),
+        *("train.per_device_batch_size=2", "resources.num_workers=2", "resources.cpus_per_worker=1"),
+        cwd=tmp_path,
+        env=make_env(short_tmp),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = _trial_reports(results)
+    (status,) = pd.read_csv(results / "smoke" / "map" / "trials.csv")["status"].tolist()
+
+    config = load_sweep_config("smoke", [*overrides, "train.per_device_batch_size=4"])
+    (loss,) = config.grid.trials()
+    train = dataclasses.replace(config.train, seed=config.grid.seeds[0], output_dir=str(tmp_path / "one"))
+    single = run_trial(train, loss)
+    assert status == str(single.status)
+
+    by_step = {
+        ReportType.TRAIN: {r["step"]: r for r in single.history if "loss" in r},
+        ReportType.EVAL: {r["step"]: r for r in single.history if HELD_OUT_ACCURACY in r},
+    }
+    compared = 0
+    for report in reports:
+        kind = report.get(ReportKey.REPORT_TYPE)
+        if kind not in by_step:
+            continue
+        theirs = by_step[kind].pop(report[ReportKey.STEP])
+        metrics = [k for k in theirs if "/" in k or k in ("loss", "grad_norm", "eval_loss")]
+        for key in (k for k in metrics if not any(t in k for t in ("runtime", "per_second"))):
+            assert report[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (report["step"], key)
+            compared += 1
+    assert by_step == {ReportType.TRAIN: {}, ReportType.EVAL: {}}, "steps one side reported and the other did not"
+    assert compared > 30

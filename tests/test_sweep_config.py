@@ -72,6 +72,9 @@ def test_shipped_config_loads_and_validates(path):
         ("train.verdicts.likelihood_collapse_nats=-1", "train.verdicts.likelihood_collapse_nats"),
         ("train.verdicts.stall_z=abc", "train.verdicts.stall_z"),
         ("grid.forms=[stable,naive]", "grid.forms"),
+        ("resources.placement_strategy=SPREAD_OUT", "resources.placement_strategy"),
+        ("resources.placement_timeout_s=0", "resources.placement_timeout_s"),
+        ("train.reference_batch_size=0", "train.reference_batch_size"),
     ],
 )
 def test_bad_verdict_thresholds_and_forms_are_rejected_naming_the_field(override, field):

@@ -92,6 +92,13 @@ class TrainConfig:
     learning_rate: float = option(5e-6, gt=0, help="AdamW learning rate of the policy.")
     per_device_batch_size: int = option(4, ge=1, help="Preference pairs per device and micro-step.")
     grad_accum: int = option(1, ge=1, help="Gradient-accumulation micro-steps per optimizer step.")
+    reference_batch_size: int = option(
+        16,
+        ge=1,
+        help="Preference pairs per forward of the reference pass (TRL's ``precompute_ref_batch_size``). It keeps no "
+        "activations for backward, so it can be several times the training batch (TRL's default, the training "
+        "batch, takes about 3.6k forwards for dpo-mix-7k at batch 2).",
+    )
     max_steps: int = option(
         -1,
         check=lambda steps: steps == -1 or steps >= 1,

@@ -69,6 +69,7 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         loss_type=[spec.trl_loss_type or "sigmoid"],
         discopop_tau=loss.tau,
         precompute_ref_log_probs=precompute_ref,
+        precompute_ref_batch_size=train.reference_batch_size,
         logging_steps=1,
         # HF's default replaces a NaN/Inf loss by the running average: a diverged step would look healthy.
         logging_nan_inf_filter=False,
@@ -78,6 +79,10 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # Every parameter gets a gradient every step (a causal LM uses all its weights; a learnable beta_mix is used
+        # by the loss). Searching for unused ones would also mark that beta_mix, which the loss uses after the
+        # forward, ready before its gradient exists: DDP fails ("marked as ready twice").
+        ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
     )
 

@@ -250,7 +250,9 @@ class LossSpec:
         fn: The pure loss function.
         params: Hyper-parameters ``fn`` takes as keywords, e.g. ``("beta_kl", "beta_mix", "tau")``.
         logp_reduction: ``"sum"`` (sequence log-prob) or ``"mean"`` (per-token mean, IPO).
-        learnable: Hyper-parameters trained with the policy (kept positive via a log parameterisation).
+        learnable: Hyper-parameters trained with the policy (kept positive via a log parameterisation). The trainer
+            registers them as parameters *of the policy model*, so that DDP all-reduces their gradients and DeepSpeed
+            ZeRO partitions them like any weight (``trainers.trl_trainer.attach_learnable_beta_mix``).
         trl_loss_type: TRL ``DPOConfig.loss_type`` this loss reproduces (for cross-checks), if any.
         defaults: Default values of optional hyper-parameters.
     """

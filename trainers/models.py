@@ -148,6 +148,24 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return ensure_pad_token(tokenizer)
 
 
+def _join_deepspeed_group() -> None:
+    """Under a live ZeRO-3 config, hand DeepSpeed the process group before ``from_pretrained`` runs ``zero.Init``.
+
+    On CPU accelerate starts a plain gloo group and leaves ``deepspeed.comm`` uninitialised until the engine is
+    built, so ``zero.Init`` would see a world of 1 and reject the config's batch sizes (``train_batch_size`` counts
+    every rank). ``init_distributed`` wraps the existing torch group; it starts none of its own here.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    import deepspeed
+    import torch.distributed
+
+    if torch.distributed.is_initialized() and not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
 def load_model(spec: str, dtype: str = "float32", attn_implementation: str | None = None) -> PreTrainedModel:
     """Load a causal language model for a model spec.
 
@@ -172,6 +190,7 @@ def load_model(spec: str, dtype: str = "float32", attn_implementation: str | Non
     kwargs: dict = {"dtype": DTYPES[dtype]}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    _join_deepspeed_group()
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:

@@ -60,7 +60,7 @@ def reference_key(train: TrainConfig, data: PreferenceData) -> str:
 
     It covers exactly what determines them: the model weights and tokenizer files (:func:`model_identity`), the
     content and split of the pairs (:meth:`PreferenceData.fingerprint`), the tokenisation limit
-    (``max_length``) and the precision the reference forward runs in.
+    (``max_length``), the precision the reference forward runs in and its batch size (``reference_batch_size``).
     """
     payload = {
         "version": _KEY_VERSION,
@@ -68,6 +68,8 @@ def reference_key(train: TrainConfig, data: PreferenceData) -> str:
         "data": data.fingerprint(),
         "max_length": train.max_length,
         "precision": train.precision,
+        # Padding to each batch's longest pair can move log-probs in the last float digits.
+        "batch": train.reference_batch_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -100,9 +102,9 @@ def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str 
     """Compute (or find) the reference log-probs of every train and held-out pair.
 
     Runs TRL's own reference precompute (``precompute_ref_log_probs=True``) with the reference model in the
-    trial's precision, batch size and max length, and stores the per-row results under
-    ``<root>/<reference_key>``. A second call with the same key returns at once; concurrent callers on shared
-    storage serialise on a lock file (:func:`trainers.atomic_dir.build_dir_once`).
+    trial's precision and max length, ``train.reference_batch_size`` pairs per forward, and stores the per-row
+    results under ``<root>/<reference_key>``. A second call with the same key returns at once; concurrent callers
+    on shared storage serialise on a lock file (:func:`trainers.atomic_dir.build_dir_once`).
 
     Args:
         train: The sweep's base trial config (model, precision, max length, batch size).

@@ -154,6 +154,9 @@ def run_trial(
     data = data if data is not None else load_trial_data(train)
     train_dataset, eval_dataset = _trial_datasets(train, data, reference)
     dtype = PRECISION_DTYPES[train.precision]
+    # The DPOConfig (and with it the DeepSpeed config) exists before the model is loaded, so that under ZeRO-3
+    # transformers' from_pretrained partitions the weights at load (zero.Init) instead of each rank holding them all.
+    args = build_dpo_config(train, loss)
     if warm:
         release_accelerator_memory()  # what a trial stopped mid-step (by Tune) left behind
         tokenizer, model = fresh_tokenizer(train.model), fresh_model(train.model, dtype)
@@ -162,7 +165,7 @@ def run_trial(
     collapse = CollapseCallback(DivergenceMonitor(train.divergence), on_metrics=on_metrics)
     trainer = RegistryDPOTrainer(
         model=model,
-        args=build_dpo_config(train, loss),
+        args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -13,13 +13,15 @@ precomputed reference log-probs, optimisation, DeepSpeed) is TRL's and transform
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.profiler import record_function
 from transformers import TrainerCallback
 from trl import DPOTrainer
+from trl.trainer import dpo_trainer as trl_dpo_trainer
 
 from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
 from trainers.config import LossConfig
@@ -31,7 +33,69 @@ TOKENISED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 """The columns TRL's dataset preparation adds: a dataset that has them is already tokenised."""
 PROFILE_RANGES = ("dlrml/forward", "dlrml/loss", "dlrml/metrics", "dlrml/clip_grad_norm")
 """Labels of the step phases this trainer adds to any ``torch.profiler`` trace (``bench/profile_step.py``)."""
+BETA_MIX_MODULE = "dlrml_beta_mix"
+"""Name of the learnable ``beta_mix`` submodule on the policy model (``dlrml_learnable``)."""
 _NON_MODEL_KEYS = frozenset({"completion_mask", *REF_COLUMNS})
+
+
+def _has_reference(dataset) -> bool:
+    """Whether a dataset already carries reference log-probs (the sweep's shared pass attached them)."""
+    return all(column in (getattr(dataset, "column_names", None) or ()) for column in REF_COLUMNS)
+
+
+@contextlib.contextmanager
+def _without_model_hash() -> Iterator[None]:
+    """TRL's ``DPOTrainer.__init__`` without its hash of the whole model.
+
+    With ``precompute_ref_log_probs=True`` TRL hashes every weight on every rank (minutes for a 7B model in host
+    RAM) only to name the cache file of its own reference pass. Data that already carries the reference log-probs
+    never reaches that pass (:meth:`RegistryDPOTrainer._precompute_ref_logps` returns it as is), so the hash would be
+    unused. Turning ``precompute_ref_log_probs`` off instead would make TRL load a second, reference model. TRL
+    looks ``hash_module`` up in its module's namespace at call time; it is restored on exit.
+    """
+    original = trl_dpo_trainer.hash_module
+    trl_dpo_trainer.hash_module = lambda module: "dlrml-shared-reference"
+    try:
+        yield
+    finally:
+        trl_dpo_trainer.hash_module = original
+
+
+class LearnableBetaMix(torch.nn.Module):
+    """``beta_mix = exp(log_value)``: a positive scalar trained with the policy, as a submodule *of the policy*.
+
+    As part of the model it is whatever DDP / DeepSpeed manage: DDP broadcasts it at wrap time and all-reduces its
+    gradient, ZeRO partitions it with the other weights, so every rank keeps one ``beta_mix``. (A parameter outside
+    the model is neither all-reduced under DDP, so ranks drift apart, nor known to ZeRO-3: ``partition_numel``
+    fails.) It is a module rather than a bare parameter so that the loss reads it through a forward call: ZeRO-3
+    gathers a partitioned parameter only inside a forward of the module that owns it.
+
+    Args:
+        beta_mix: Initial value (> 0).
+    """
+
+    def __init__(self, beta_mix: float) -> None:
+        super().__init__()
+        # Shape (1,), not (): DeepSpeed broadcasts parameters as byte views, which a 0-d tensor cannot take.
+        self.log_value = torch.nn.Parameter(torch.tensor([math.log(beta_mix)]))
+
+    def forward(self) -> torch.Tensor:
+        """The current ``beta_mix``, a differentiable 0-d tensor."""
+        return self.log_value.exp().squeeze(0)
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module, beta_mix: float) -> LearnableBetaMix:
+        """Register a fresh learnable ``beta_mix`` on ``model`` as :data:`BETA_MIX_MODULE`, kept out of checkpoints.
+
+        A module an earlier trial left on the same model object is replaced, so every trial starts from its own
+        ``beta_mix``. ``save_pretrained`` drops its key, so a saved policy loads with ``from_pretrained`` like any
+        other checkpoint of its architecture.
+        """
+        module = cls(beta_mix).to(next(model.parameters()).device)
+        model.add_module(BETA_MIX_MODULE, module)
+        ignored = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+        model._keys_to_ignore_on_save = ignored | {f"{BETA_MIX_MODULE}.log_value"}
+        return module
 
 
 class RegistryDPOTrainer(DPOTrainer):
@@ -47,14 +111,15 @@ class RegistryDPOTrainer(DPOTrainer):
     def __init__(self, *args, loss: LossConfig, **kwargs) -> None:
         self.loss_config = loss
         self.loss_spec = get_loss(loss.name)
-        self.log_beta_mix: torch.nn.Parameter | None = None
+        self.beta_mix: LearnableBetaMix | None = None
         if "beta_mix" in self.loss_spec.learnable:
-            # beta_mix = exp(log_beta_mix) stays positive whatever the optimiser does.
-            self.log_beta_mix = torch.nn.Parameter(torch.tensor(math.log(loss.beta_mix)))
+            model = kwargs["model"] if "model" in kwargs else args[0]
+            self.beta_mix = LearnableBetaMix.attach(model, loss.beta_mix)
         self._last_logps: tuple[torch.Tensor, ...] | None = None
-        super().__init__(*args, **kwargs)
-        if self.log_beta_mix is not None:
-            self.log_beta_mix.data = self.log_beta_mix.data.to(self.accelerator.device)
+        train, held_out = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        shared_reference = _has_reference(train) and (held_out is None or _has_reference(held_out))
+        with _without_model_hash() if shared_reference else contextlib.nullcontext():
+            super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
         """Pairs that come tokenised (by the sweep's shared reference pass, with this tokenizer and max length) are
@@ -65,26 +130,30 @@ class RegistryDPOTrainer(DPOTrainer):
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         """Reference log-probs that came with the data (shared by a whole sweep) are used as they are."""
-        if all(column in dataset.column_names for column in REF_COLUMNS):
+        if _has_reference(dataset):
             return dataset
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def create_optimizer(self, model=None):
-        """TRL/transformers' optimiser plus, for a learnable ``beta_mix``, its own parameter group."""
+        """TRL/transformers' optimiser, with a learnable ``beta_mix`` moved into its own parameter group.
+
+        transformers puts every model parameter (the learnable ``beta_mix`` included, as it lives on the model) in
+        the policy's groups; it gets its own learning rate and no weight decay instead. DeepSpeed builds its
+        engine around this same optimiser when its config names none.
+        """
         optimizer = super().create_optimizer(model)
-        if self.log_beta_mix is not None and not any(
-            p is self.log_beta_mix for group in optimizer.param_groups for p in group["params"]
-        ):
-            optimizer.add_param_group(
-                {"params": [self.log_beta_mix], "lr": self.loss_config.beta_mix_lr, "weight_decay": 0.0}
-            )
+        if self.beta_mix is not None:
+            log_value = self.beta_mix.log_value
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not log_value]
+            optimizer.add_param_group({"params": [log_value], "lr": self.loss_config.beta_mix_lr, "weight_decay": 0.0})
         return optimizer
 
     def loss_hparams(self) -> dict[str, float | torch.Tensor]:
         """Keyword hyper-parameters of the loss; a learnable ``beta_mix`` is a differentiable 0-d tensor."""
         hparams: dict[str, float | torch.Tensor] = dict(self.loss_config.hparams())
-        if self.log_beta_mix is not None:
-            hparams["beta_mix"] = self.log_beta_mix.exp()
+        if self.beta_mix is not None:
+            hparams["beta_mix"] = self.beta_mix()
         return hparams
 
     def _compute_loss(self, model, inputs, return_outputs):
@@ -157,7 +226,7 @@ class RegistryDPOTrainer(DPOTrainer):
         }
         if out.mix is not None:
             stats.update(mix_statistics(gather(out.mix.detach())))
-        if self.log_beta_mix is not None:
+        if self.beta_mix is not None:
             stats[Metric.BETA_MIX_VALUE] = hparams["beta_mix"].detach()
         values = torch.stack([v.float().reshape(()) for v in stats.values()]).tolist()
         # Plain-string keys: TRL's metric buffer and the logs it feeds to callbacks are keyed by str.

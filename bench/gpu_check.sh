@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Prepared GPU check (issue 14), for one CUDA GPU, under 10 minutes in all; prints a summary at the end.
+#
+#   bash bench/gpu_check.sh                   # from the repository root, the project's .venv
+#   PYTHON=python PEAK_TFLOPS=989 OUT=/tmp/gpu_check bash bench/gpu_check.sh
+#
+# 1. sweep:   the smoke grid (DPO, dLRML; 10 steps each) on the embedded SmolLM2-135M in bf16 under DeepSpeed
+#             ZeRO-3, one rank (resources.use_gpu, 1 GPU per trial): the production trial path on one GPU.
+# 2. trial:   bench/trial_vs_trl.py on the embedded model (steps/s, tokens/s, MFU against PEAK_TFLOPS).
+# 3. mt-bench: wall time of MT-Bench answer generation (HF generate) for 16 questions, bf16, embedded model.
+#
+# Each part has its own time limit (5 + 3 + 1.5 min); a part that fails or runs out of time is reported as such
+# and the others still run. The exit status is 0 only if all three passed. Logs and JSON results go to $OUT.
+# It has not been run yet (no GPU where it was written): BENCHMARKS.md says so until it has.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+OUT="${OUT:-bench/results/gpu_check}"
+PEAK_TFLOPS="${PEAK_TFLOPS:-989}" # dense bf16 peak of an H100 SXM; A100: 312
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+
+if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "error: no CUDA GPU visible to $PYTHON: this check needs one" >&2
+    exit 2
+fi
+GPU="$("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0))')"
+
+declare -A STATUS SECS
+run_part() { # name, limit_s, command...
+    local name="$1" limit="$2"
+    shift 2
+    local start=$SECONDS
+    echo "[gpu_check] $name (limit ${limit}s) ..."
+    if timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
+        STATUS[$name]=passed
+    else
+        local rc=$?
+        STATUS[$name]="failed (exit $rc$([[ $rc -eq 124 ]] && echo ', timed out'); see $OUT/$name.log)"
+    fi
+    SECS[$name]=$((SECONDS - start))
+}
+
+run_part sweep 300 "$PYTHON" sweep/run.py --config smoke --name gpu_check --no-mlflow \
+    "storage_path=$OUT/sweep" train.model=embedded train.precision=bf16 \
+    train.deepspeed=trainers/deepspeed/zero3_bf16.json train.max_steps=10 train.eval_steps=5 \
+    resources.use_gpu=true resources.gpus_per_worker=1 resources.num_workers=1 resources.cpus_per_worker=4
+
+run_part trial 180 "$PYTHON" bench/trial_vs_trl.py --model embedded --repeats 1 --steps 10 \
+    --peak-tflops "$PEAK_TFLOPS" --out "$OUT/trial_vs_trl.json"
+
+run_part mt_bench 90 "$PYTHON" - "$OUT" <<'PY'
+import json, sys, time
+from pathlib import Path
+
+import torch
+
+from evaluation.config import EvalConfig
+from evaluation.mt_bench import write_answers
+from trainers.models import load_model, load_tokenizer
+
+out = Path(sys.argv[1])
+cfg = EvalConfig(limit=16, max_new_tokens=256)
+model = load_model("embedded", dtype="bfloat16").to("cuda")
+tokenizer = load_tokenizer("embedded")
+torch.cuda.synchronize()
+start = time.perf_counter()
+answers = write_answers(model, tokenizer, cfg, out / "mt_bench", "embedded-bf16")
+torch.cuda.synchronize()
+seconds = time.perf_counter() - start
+result = {"questions": cfg.limit, "turns": 2 * cfg.limit, "max_new_tokens": cfg.max_new_tokens,
+          "batch_size": cfg.generation_batch_size, "seconds": seconds, "answers": str(answers)}
+(out / "mt_bench.json").write_text(json.dumps(result, indent=2))
+print(json.dumps(result))
+PY
+
+echo
+echo "== gpu_check summary ($GPU, $(date -u +%FT%TZ)) =="
+for part in sweep trial mt_bench; do
+    printf '  %-9s %4ss  %s\n' "$part" "${SECS[$part]}" "${STATUS[$part]}"
+done
+grep -E '^\[sweep\]|stable|diverged|stalled|collapsed' "$OUT/sweep.log" | tail -n 8 | sed 's/^/  sweep: /'
+if [[ -f "$OUT/trial_vs_trl.json" ]]; then
+    "$PYTHON" - "$OUT/trial_vs_trl.json" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+for side, rows in data.get("runs", {}).items():
+    for row in rows:
+        fields = ", ".join(f"{k} {row[k]:.4g}" for k in ("steps_per_s", "tokens_per_s", "mfu") if k in row)
+        print(f"  trial:    {side}: {fields}")
+PY
+fi
+[[ -f "$OUT/mt_bench.json" ]] && sed 's/^/  mt_bench: /' "$OUT/mt_bench.json" | tr -d '\n' && echo
+for part in sweep trial mt_bench; do
+    [[ "${STATUS[$part]}" == passed ]] || exit 1
+done

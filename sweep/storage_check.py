@@ -1,0 +1,96 @@
+"""Before any trial: the sweep's storage path must be one shared directory on every node of the Ray cluster.
+
+Trials read the shared reference log-probs from it and save their policies to it; the driver reads those back for
+MT-Bench and the stability map. On node-local storage each node silently gets its own directory of the same name:
+trials fail to find the reference, and the driver finds no saved model (MT-Bench is then skipped). The check writes
+a token file from the driver, and a small Ray task pinned to each alive node (``NodeAffinitySchedulingStrategy``,
+no CPU reserved) reads it and writes one back, which the driver then reads: visible and writable both ways.
+
+Nodes an autoscaler adds later are not covered; the cluster files mount the same shared volume on every node type
+(``cluster/README.md``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from sweep.preflight import SweepInputError
+
+PROBE_PREFIX = ".dlrml-storage-check-"
+"""Name prefix of the token files the check writes (and removes) directly under the storage path."""
+CHECK_TIMEOUT_S = 300.0
+"""How long the per-node tasks may take (a busy node may need to start a worker process first)."""
+
+
+class StorageNotSharedError(SweepInputError):
+    """The storage path is not the same directory on every alive node (the CLI reports it as bad input)."""
+
+
+def _probe_node(path: str, token: str, node_id: str) -> str | None:
+    """On one node: read the driver's token at ``path`` and write this node's answer beside it.
+
+    Returns:
+        ``None`` if the token is there and the answer was written, else what this node saw instead.
+    """
+    probe = Path(path)
+    if not probe.is_file():
+        return f"no {probe.name} in {probe.parent} (a different directory on this node)"
+    seen = probe.read_text()
+    if seen != token:
+        return f"{probe.name} holds another token ({seen[:8]}...)"
+    try:
+        Path(f"{path}.{node_id}").write_text(token)
+    except OSError as err:
+        return f"cannot write to {probe.parent}: {err}"
+    return None
+
+
+def check_shared_storage(storage_path: str, timeout_s: float = CHECK_TIMEOUT_S) -> int:
+    """Check that ``storage_path`` is the same, writable directory on every alive Ray node.
+
+    Args:
+        storage_path: The sweep's absolute storage path (as the driver resolved it).
+        timeout_s: Limit on the per-node tasks.
+
+    Returns:
+        The number of nodes checked.
+
+    Raises:
+        StorageNotSharedError: Naming each node (id and address) whose view differs and what it saw.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    root = Path(storage_path)
+    root.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    probe = root / f"{PROBE_PREFIX}{token}"
+    probe.write_text(token)
+    nodes = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    task = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
+    try:
+        refs = {
+            node_id: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
+                str(probe), token, node_id
+            )
+            for node_id in nodes
+        }
+        seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s), strict=True))
+        for node_id, problem in seen.items():
+            answer = Path(f"{probe}.{node_id}")
+            if problem is None and not (answer.is_file() and answer.read_text() == token):
+                seen[node_id] = f"its answer {answer.name} is not visible from the driver's node"
+    finally:
+        for path in root.glob(f"{probe.name}*"):
+            path.unlink(missing_ok=True)
+    bad = {node_id: problem for node_id, problem in seen.items() if problem is not None}
+    if bad:
+        lines = "\n".join(f"  node {node_id[:12]} ({nodes[node_id]}): {problem}" for node_id, problem in bad.items())
+        raise StorageNotSharedError(
+            f"storage_path {storage_path} is not one shared directory on all {len(nodes)} nodes of the Ray cluster:\n"
+            f"{lines}\nTrials would not find the shared reference log-probs and the driver would not find their "
+            "saved models. Mount the same shared volume (EFS/NFS, a ReadWriteMany PVC) at this path on every node "
+            "(cluster/README.md), or point storage_path at one."
+        )
+    return len(nodes)
