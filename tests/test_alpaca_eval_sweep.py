@@ -42,8 +42,7 @@ def test_sweep_scores_its_trial_against_the_reference_policy(tmp_path: Path) -> 
         "alpaca_eval.eval.judge_model=tiny-random",
     ]
     try:
-        # PYTHONPATH: Ray's workers import this checkout even where the venv's editable install points at another.
-        env = make_env(ray_tmp, PYTHONPATH=str(REPO))
+        env = make_env(ray_tmp)  # puts this checkout first on PYTHONPATH, for Ray's workers too
         proc = run(command, cwd=tmp_path, env=env, timeout=540, linger_s=30)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

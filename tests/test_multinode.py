@@ -159,8 +159,7 @@ PLACEMENT = """
 import dataclasses
 from ray import tune
 from sweep.config import ResourcesConfig
-from sweep.driver import TRIAL_DRIVER_MEMORY
-from sweep.ray_trial import tune_trial
+from sweep.ray_trial import trial_resources, tune_trial
 from trainers.config import LossConfig, TrainConfig
 
 resources = ResourcesConfig(num_workers=2, cpus_per_worker=1, placement_timeout_s=2.5, max_failures=0)
@@ -173,7 +172,7 @@ config = {{
     "reference": None,
 }}
 tuner = tune.Tuner(
-    tune.with_resources(tune_trial, {{"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}}),
+    tune.with_resources(tune_trial, trial_resources(resources, None)),
     param_space=config,
     run_config=tune.RunConfig(storage_path={storage!r}, name="placement"),
 )

@@ -34,6 +34,8 @@ def _sweep_cmd(storage: Path, db: Path) -> list[str]:
         f"storage_path={storage}",
         "grid.seeds=[0,1]",
         "scheduler.asha=false",
+        # One trial at a time: trials take seconds, and the kill must land while later ones have yet to finish.
+        "resources.max_concurrent_trials=1",
     ]
 
 
@@ -55,7 +57,7 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path, short_
     experiment = storage / "smoke"
     deadline = time.monotonic() + 420
     while _finished_trials(experiment) < 1 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.1)
     assert first.poll() is None, (
         f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-3000:]}"
     )
