@@ -1,21 +1,30 @@
-"""AlpacaEval 2.0 on the trials a sweep's ``alpaca_eval.policy`` selects: outputs on a trial worker's resources (Ray
-tasks), judged here in the driver (so the judge's key never leaves it), scores in the trial rows."""
+"""AlpacaEval 2.0 on the trials a sweep's ``alpaca_eval.policy`` selects: outputs on trial workers' resources (Ray
+tasks, all submitted at once), each judged here in the driver (so the judge's key never leaves it) as soon as it
+exists (:mod:`sweep.evaluation_tasks`), scores in the trial rows."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.config import SweepConfig
-from sweep.ray_cluster import on_worker_resources
+from sweep.evaluation_tasks import (
+    EVALUATION_FAILED,
+    GENERATION_SECONDS,
+    as_completed,
+    cancel,
+    failure_reason,
+    no_policy_reason,
+    submit_generations,
+)
 from sweep.trial_rows import trial_label
 from trainers.protocol import TrialStatus
 
-EVALUATION_FAILED = "failed:"
-"""Prefix of an ``alpaca_reason`` whose evaluation failed after training (the sweep then exits incomplete)."""
 REFERENCE_GENERATOR = "reference_policy"
 """Generator name of the sweep's reference (initial) policy, the "vs SFT" baseline."""
 
@@ -40,8 +49,9 @@ def experiment_dir(storage_path: str, config: SweepConfig) -> Path:
     return Path(storage_path) / config.name / "alpaca_eval"
 
 
-def _reference_outputs(task, config: SweepConfig, storage_path: str) -> Path | None:
-    """The reference policy's outputs (generated once per sweep, reused on resume); None with a file/hub baseline."""
+def _reference_outputs(config: SweepConfig, storage_path: str) -> Path | dict | None:
+    """The reference policy's outputs: an earlier run's file (reused on resume), the pending Ray task that generates
+    them (once per sweep), or None with a file/hub baseline."""
     from evaluation.alpaca_eval import OUTPUTS_FILENAME
 
     cfg = config.alpaca_eval.eval
@@ -51,11 +61,8 @@ def _reference_outputs(task, config: SweepConfig, storage_path: str) -> Path | N
     if _covers(out_dir / OUTPUTS_FILENAME, cfg):
         return out_dir / OUTPUTS_FILENAME
     print(f"[sweep] AlpacaEval: outputs of the reference policy {config.train.model}")
-    import ray
-
-    return Path(
-        ray.get(task.remote(config.train.model, config.train.precision, cfg, str(out_dir), REFERENCE_GENERATOR))
-    )
+    job = (config.train.model, config.train.precision, cfg, str(out_dir), REFERENCE_GENERATOR)
+    return submit_generations(generate_alpaca_outputs, config.resources, {REFERENCE_GENERATOR: job})
 
 
 def _covers(path: Path, cfg) -> bool:
@@ -90,19 +97,26 @@ def selected_for(row: pd.Series) -> str:
     return "mt_bench,alpaca_eval" if by_mt_bench else "alpaca_eval"
 
 
-def _failure(err: Exception) -> str:
-    last_line = (str(err).strip().splitlines() or [""])[-1]
-    return f"{EVALUATION_FAILED} {type(err).__name__}: {last_line}"[:500]
+@dataclass
+class PendingAlpacaEval:
+    """AlpacaEval outputs being generated.
 
-
-def score_alpaca_eval(trials: pd.DataFrame, config: SweepConfig, storage_path: str, tracker) -> pd.DataFrame:
-    """AlpacaEval the trials the policy selects; every other trial gets the reason it has no score.
-
-    A failure (generation, judge) is recorded on the trial as ``failed: ...`` and never loses the other results.
+    Attributes:
+        reference: The reference policy's outputs (a file, or its pending task), None with a file/hub baseline.
+        pending: The trials' output tasks (object ref -> trial row index).
+        out_dirs: Each selected trial's output directory (by row index).
     """
-    import ray
 
-    from evaluation.alpaca_eval import score_outputs
+    reference: Path | dict | None = None
+    pending: dict[Any, Any] = field(default_factory=dict)
+    out_dirs: dict[Any, Path] = field(default_factory=dict)
+
+
+def start_alpaca_eval(
+    trials: pd.DataFrame, config: SweepConfig, storage_path: str, tracker
+) -> tuple[pd.DataFrame, PendingAlpacaEval]:
+    """Give every trial its AlpacaEval columns and submit the outputs of the reference policy and of every selected
+    trial at once (after MT-Bench's, whose ``mt_bench_reason`` tells :func:`selected_for` what MT-Bench selected)."""
     from sweep.ray_trial import trial_output_dir
 
     policy = config.alpaca_eval
@@ -117,39 +131,84 @@ def score_alpaca_eval(trials: pd.DataFrame, config: SweepConfig, storage_path: s
     ]
     selected = _selected(trials, config)
     if selected.empty:
-        return trials
-    task = on_worker_resources(generate_alpaca_outputs, config.resources)
-    try:
-        baseline_path = _reference_outputs(task, config, storage_path)
-    except Exception as err:  # noqa: BLE001 - recorded on every selected trial; the map is still written
-        trials.loc[selected.index, AlpacaColumn.REASON] = _failure(err)
-        print(f"[sweep] AlpacaEval reference outputs failed, recorded on the trials: {_failure(err)}")
-        return trials
+        return trials, PendingAlpacaEval()
+    run, jobs = PendingAlpacaEval(), {}
     for index, row in selected.iterrows():
         trial_dir = trial_output_dir(storage_path, config.name, row["trial_id"])
         if not (trial_dir / "model").is_dir():
-            trials.loc[index, AlpacaColumn.REASON] = "no saved policy (train.save_model=false)"
+            trials.loc[index, AlpacaColumn.REASON] = no_policy_reason(config, trial_dir / "model")
             continue
         if tracker is not None:
             tracker.mark_selected(row["trial_id"], row["config"], selected_for(row))
-        out_dir, model_id = trial_dir / "alpaca_eval", row["trial_id"]
-        print(f"[sweep] AlpacaEval: {trial_label(row['config']['trial'])}")
-        try:
-            outputs = ray.get(
-                task.remote(str(trial_dir / "model"), config.train.precision, policy.eval, str(out_dir), model_id)
-            )
-            result = score_outputs(Path(outputs), policy.eval, out_dir, baseline_path=baseline_path)
-        except Exception as err:  # noqa: BLE001 - any failure here is recorded on the trial, never loses the map
-            trials.loc[index, AlpacaColumn.REASON] = _failure(err)
-            print(f"[sweep] AlpacaEval {model_id} failed, recorded on the trial: {_failure(err)}")
-            continue
-        _record(trials, index, result)
-        print(f"[sweep] AlpacaEval {model_id}: LC {result.lc_win_rate:.1f} %, win rate {result.win_rate:.1f} %")
-        if tracker is not None:
-            tracker.log_trial_metrics(model_id, row["config"], result.as_metrics())
-            paths = [result.outputs_path, result.annotations_path, out_dir / "alpaca_eval_scores.json"]
-            tracker.log_trial_artifacts(model_id, row["config"], paths, "alpaca_eval")
+        trials.loc[index, AlpacaColumn.REASON] = "pending"
+        run.out_dirs[index] = trial_dir / "alpaca_eval"
+        model_dir, out_dir = str(trial_dir / "model"), str(run.out_dirs[index])
+        jobs[index] = (model_dir, config.train.precision, policy.eval, out_dir, row["trial_id"])
+    if jobs:
+        # The reference policy's outputs first: judging any trial waits for them.
+        run.reference = _reference_outputs(config, storage_path)
+        run.pending = submit_generations(generate_alpaca_outputs, config.resources, jobs)
+    return trials, run
+
+
+def _baseline_path(run: PendingAlpacaEval) -> Path | None:
+    """The reference policy's outputs file, waiting for its generation if it is still running."""
+    if not isinstance(run.reference, dict):
+        return run.reference
+    done = next(as_completed(run.reference))
+    if done.error is not None:
+        raise done.error
+    return Path(done.value)
+
+
+def finish_alpaca_eval(trials: pd.DataFrame, run: PendingAlpacaEval, config: SweepConfig, tracker) -> pd.DataFrame:
+    """Judge each selected trial's outputs against the baseline as soon as they exist; a failure (generation,
+    judge) is recorded on its trial as ``failed: ...`` and never loses the other results."""
+    from evaluation.alpaca_eval import load_alpaca_eval_data
+    from evaluation.alpaca_eval_judge import build_pair_judge
+
+    if not run.pending:
+        return trials
+    trials = trials.copy()
+    cfg = config.alpaca_eval.eval
+    try:
+        baseline_path = _baseline_path(run)
+        data, judge = load_alpaca_eval_data(cfg), build_pair_judge(cfg)
+    except Exception as err:  # noqa: BLE001 - recorded on every selected trial; the map is still written
+        cancel(run.pending)
+        trials.loc[list(run.pending.values()), AlpacaColumn.REASON] = failure_reason(err)
+        print(f"[sweep] AlpacaEval baseline or judge failed, recorded on the trials: {failure_reason(err)}")
+        return trials
+    try:
+        for done in as_completed(run.pending):
+            _judge_one(trials, done, run.out_dirs[done.key], baseline_path, cfg, data, judge, tracker)
+    finally:
+        judge.close()
     return trials
+
+
+def _judge_one(trials: pd.DataFrame, done, out_dir: Path, baseline_path, cfg, data, judge, tracker) -> None:
+    """Judge one trial's outputs (``done``: its finished generation) and record the scores or the failure."""
+    from evaluation.alpaca_eval import METRIC_PREFIX, score_outputs
+
+    row = trials.loc[done.key]
+    model_id = row["trial_id"]
+    try:
+        if done.error is not None:
+            raise done.error
+        print(f"[sweep] AlpacaEval {trial_label(row['config']['trial'])}: outputs in {done.seconds:.0f} s, judging")
+        result = score_outputs(Path(done.value), cfg, out_dir, baseline_path=baseline_path, judge=judge, data=data)
+    except Exception as err:  # noqa: BLE001 - any failure here is recorded on the trial, never loses the map
+        trials.loc[done.key, AlpacaColumn.REASON] = failure_reason(err)
+        print(f"[sweep] AlpacaEval {model_id} failed, recorded on the trial: {failure_reason(err)}")
+        return
+    _record(trials, done.key, result)
+    print(f"[sweep] AlpacaEval {model_id}: LC {result.lc_win_rate:.1f} %, win rate {result.win_rate:.1f} %")
+    if tracker is not None:
+        metrics = {**result.as_metrics(), f"{METRIC_PREFIX}/{GENERATION_SECONDS}": done.seconds}
+        tracker.log_trial_metrics(model_id, row["config"], metrics)
+        paths = [result.outputs_path, result.annotations_path, out_dir / "alpaca_eval_scores.json"]
+        tracker.log_trial_artifacts(model_id, row["config"], paths, "alpaca_eval")
 
 
 def _record(trials: pd.DataFrame, index, result) -> None:

@@ -16,11 +16,12 @@ import pandas as pd
 from sweep.adaptive import lattices
 from sweep.alpaca_eval_config import AlpacaColumn
 from sweep.alpaca_eval_preflight import check_alpaca_eval
-from sweep.alpaca_eval_scoring import failed_evaluations, score_alpaca_eval
+from sweep.alpaca_eval_scoring import failed_evaluations, finish_alpaca_eval, start_alpaca_eval
 from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
+from sweep.evaluation_tasks import EVALUATION_FAILED
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
-from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
+from sweep.mt_bench_scoring import finish_mt_bench, question_scores, start_mt_bench
 from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray
 from sweep.reference_pass import reference_in_driver, shared_reference
@@ -248,8 +249,7 @@ class SweepDriver:
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
         trials = self.collect(tuner.fit())
-        trials = score_mt_bench(trials, self.config, self.storage_path, tracker)
-        trials = score_alpaca_eval(trials, self.config, self.storage_path, tracker)
+        trials = self._evaluate(trials, tracker)
         try:
             stability = write_stability_map(
                 trials.drop(columns=["mt_bench_judgments", AlpacaColumn.ANNOTATIONS]),
@@ -269,6 +269,14 @@ class SweepDriver:
             parent_run_id=tracker.parent_run_id if tracker else None,
             mlflow_pending=mlflow_pending,
         )
+
+    def _evaluate(self, trials: pd.DataFrame, tracker) -> pd.DataFrame:
+        """MT-Bench and AlpacaEval: every generation of both is submitted before any judging, so AlpacaEval's outputs
+        are generated on free workers while MT-Bench's answers are judged."""
+        trials, mt_bench = start_mt_bench(trials, self.config, self.storage_path, tracker)
+        trials, alpaca_eval = start_alpaca_eval(trials, self.config, self.storage_path, tracker)
+        trials = finish_mt_bench(trials, mt_bench, self.config, tracker)
+        return finish_alpaca_eval(trials, alpaca_eval, self.config, tracker)
 
     def _start_tracker(self, experiment_dir: Path):
         """The MLflow callback with its parent run started, or ``None`` with MLflow off."""

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sweep.config import load_sweep_config
-from sweep.mt_bench_scoring import score_mt_bench
+from sweep.mt_bench_scoring import start_mt_bench
 from sweep.storage_check import PROBE_PREFIX, StorageNotSharedError
 from tests.procs import make_env, run
 
@@ -43,5 +43,5 @@ def test_missing_policy_of_a_trained_trial_says_why(save_model, expected, tmp_pa
     trials = pd.DataFrame(
         [{"trial_id": "t0", "status": "stable", "eval_accuracy": 0.5, "config": {"trial": {"loss": {"name": "dpo"}}}}]
     )
-    scored = score_mt_bench(trials, config, str(tmp_path), tracker=None)
-    assert expected in scored.loc[0, "mt_bench_reason"]
+    scored, run = start_mt_bench(trials, config, str(tmp_path), tracker=None)
+    assert expected in scored.loc[0, "mt_bench_reason"] and not run.pending  # nothing to generate: no Ray task
