@@ -26,7 +26,7 @@ from sweep.preflight import SweepInputError, check_mt_bench
 from sweep.ray_cluster import init_ray
 from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
-from sweep.storage_check import check_shared_storage
+from sweep.storage_check import check_shared_storage, mark_sweep_storage
 from sweep.trial_rows import trial_label, trial_row
 from trainers.data import PreferenceData, PreferenceDataError
 from trainers.data_summary import DataSummary, summarize_data
@@ -335,6 +335,7 @@ class SweepDriver:
             "resources": dataclasses.asdict(config.resources),
             "storage_path": self.storage_path,
             "experiment": config.name,
+            "storage_token": mark_sweep_storage(self.storage_path, config.name),
             "reference": dataclasses.asdict(reference) if reference else None,
         }
         if config.search == "grid":

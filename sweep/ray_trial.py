@@ -26,6 +26,7 @@ from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VA
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sweep.config import ResourcesConfig
+from sweep.storage_check import check_trial_storage
 from trainers.config import LossConfig, TrainConfig
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType
 
@@ -70,7 +71,7 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
 
     Args:
         config: ``{"train": TrainConfig fields, "loss": LossConfig fields, "reference": ReferenceLogps fields or
-            None}``.
+            None, "storage": check_trial_storage's arguments (its token None: no check)}``.
         report: ``ray.tune.report`` in a one-process trial, ``ray.train.report`` on each worker of a multi-worker
             one (every rank reports; Ray Train forwards rank 0's reports to Tune).
         warm: Reuse the base weights and tokenizer this process already holds (:mod:`trainers.model_cache`).
@@ -92,6 +93,8 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
             latest.update(values)
             report(_report(values, step, ReportType.TRAIN))
 
+    if config.get("storage", {}).get("token"):
+        check_trial_storage(**config["storage"])  # this node may have joined after the sweep's storage check
     reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
     result = run_trial(train, loss, reference=reference, on_metrics=on_metrics, warm=warm)
     verdict = result.verdict
@@ -202,7 +205,9 @@ def tune_trial(config: dict[str, Any]) -> None:
     resources = config["resources"]
     train = {**config["train"], "seed": trial["seed"]}
     train["output_dir"] = str(trial_output_dir(config["storage_path"], config["experiment"], context.get_trial_id()))
-    loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference")}
+    storage = {"storage_path": config["storage_path"], "experiment": config["experiment"]}
+    storage["token"] = config.get("storage_token")
+    loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference"), "storage": storage}
     if trains_in_process(resources["num_workers"], train.get("deepspeed")):
         _log_worker(Path(train["output_dir"]), rank=0)
         train_and_report(loop_config, ray.tune.report, warm=True)

@@ -6,8 +6,10 @@ trials fail to find the reference, and the driver finds no saved model (MT-Bench
 a token file from the driver, and a small Ray task pinned to each alive node (``NodeAffinitySchedulingStrategy``,
 no CPU reserved) reads it and writes one back, which the driver then reads: visible and writable both ways.
 
-Nodes an autoscaler adds later are not covered; the cluster files mount the same shared volume on every node type
-(``cluster/README.md``).
+Nodes an autoscaler adds later are checked by every trial before it trains (:func:`check_trial_storage`): the driver
+leaves a token file in the experiment directory (:func:`mark_sweep_storage`), and a trial on a node that does not see
+it errors at once with the reason, instead of failing later on a missing reference or saving its policy where the
+driver cannot find it. The cluster files mount the same shared volume on every node type (``cluster/README.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from sweep.preflight import SweepInputError
 
 PROBE_PREFIX = ".dlrml-storage-check-"
 """Name prefix of the token files the check writes (and removes) directly under the storage path."""
+SWEEP_TOKEN_FILE = ".dlrml-storage-token"
+"""The token file :func:`mark_sweep_storage` leaves in the experiment directory for the trials to find."""
 CHECK_TIMEOUT_S = 300.0
 """How long the per-node tasks may take (a busy node may need to start a worker process first)."""
 
@@ -94,3 +98,40 @@ def check_shared_storage(storage_path: str, timeout_s: float = CHECK_TIMEOUT_S) 
             "(cluster/README.md), or point storage_path at one."
         )
     return len(nodes)
+
+
+def mark_sweep_storage(storage_path: str, experiment: str) -> str:
+    """Leave (or, for a sweep being resumed, find) the experiment's storage token; trials check for it.
+
+    Returns:
+        The token, the same for every run of one experiment directory (a resumed trial keeps the token it started
+        with).
+    """
+    marker = Path(storage_path) / experiment / SWEEP_TOKEN_FILE
+    if marker.is_file():
+        return marker.read_text().strip()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker.write_text(token)
+    return token
+
+
+def check_trial_storage(storage_path: str, experiment: str, token: str) -> None:
+    """In a trial, before it trains: the sweep's storage must be the driver's directory on this node too.
+
+    Raises:
+        StorageNotSharedError: The token is missing or different here (a node that joined after the sweep's check,
+            or whose mount failed), naming this node's address.
+    """
+    import socket
+
+    marker = Path(storage_path) / experiment / SWEEP_TOKEN_FILE
+    seen = marker.read_text().strip() if marker.is_file() else None
+    if seen == token:
+        return
+    what = f"no {marker}" if seen is None else f"{marker} holds another sweep's token ({seen[:8]}...)"
+    raise StorageNotSharedError(
+        f"storage_path {storage_path} on node {socket.gethostname()} is not the sweep's shared directory: {what}. "
+        "The node joined after the sweep's storage check or its shared-volume mount failed; mount the same shared "
+        "volume at this path on every node type (cluster/README.md)."
+    )

@@ -5,6 +5,7 @@ The multi-node cases (a node with its own directory at the storage path) are in 
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pandas as pd
@@ -12,7 +13,12 @@ import pytest
 
 from sweep.config import load_sweep_config
 from sweep.mt_bench_scoring import start_mt_bench
-from sweep.storage_check import PROBE_PREFIX, StorageNotSharedError
+from sweep.storage_check import (
+    PROBE_PREFIX,
+    StorageNotSharedError,
+    check_trial_storage,
+    mark_sweep_storage,
+)
 from tests.procs import make_env, run
 
 
@@ -45,3 +51,20 @@ def test_missing_policy_of_a_trained_trial_says_why(save_model, expected, tmp_pa
     )
     scored, run = start_mt_bench(trials, config, str(tmp_path), tracker=None)
     assert expected in scored.loc[0, "mt_bench_reason"] and not run.pending  # nothing to generate: no Ray task
+
+
+def test_a_trial_checks_it_sees_the_sweeps_storage(tmp_path):
+    """The driver's token is found by a trial on a node sharing the storage; a node with its own directory of the
+    same name (here: another directory) or another sweep's token gets an error naming the path and the node."""
+    token = mark_sweep_storage(str(tmp_path), "exp")
+    assert mark_sweep_storage(str(tmp_path), "exp") == token  # a resumed sweep keeps the token its trials carry
+    check_trial_storage(str(tmp_path), "exp", token)
+    elsewhere = tmp_path / "node-local"
+    with pytest.raises(
+        StorageNotSharedError,
+        match=rf"storage_path {re.escape(str(elsewhere))} on node \S+ .*: no {re.escape(str(elsewhere))}",
+    ):
+        check_trial_storage(str(elsewhere), "exp", token)
+    other = mark_sweep_storage(str(elsewhere), "exp")
+    with pytest.raises(StorageNotSharedError, match=rf"holds another sweep's token \({other[:8]}"):
+        check_trial_storage(str(elsewhere), "exp", token)
