@@ -21,8 +21,8 @@ from sweep.claims import write_claims
 from sweep.config import SweepConfig, to_dict
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import EVALUATION_FAILED, question_scores, score_mt_bench
-from sweep.preflight import SweepInputError, check_mt_bench
-from sweep.ray_cluster import init_ray
+from sweep.preflight import SweepInputError, check_generation_backends, check_mt_bench
+from sweep.ray_cluster import init_ray, joins_cluster
 from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.storage_check import check_shared_storage
@@ -130,6 +130,8 @@ class SweepDriver:
         """
         train = self.config.train
         self._check_existing_sweep()
+        # Before init_ray, which changes what joins_cluster sees.
+        check_generation_backends(self.config, local=not joins_cluster(self.address))
         try:
             resolve_model_path(train.model)
         except (FileNotFoundError, ValueError) as err:
