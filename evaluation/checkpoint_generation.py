@@ -105,7 +105,14 @@ def write_alpaca_outputs(
 ) -> Path:
     """Answer the AlpacaEval instructions (greedy) with a saved model and write ``<out_dir>/model_outputs.json``.
 
-    Args: as :func:`write_mt_bench_answers`, with ``generator`` the name recorded in every output row.
+    Args:
+        model: A model spec (a trial's saved policy directory, the reference model's spec).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        cfg: AlpacaEval settings; ``generation_backend`` picks transformers or vLLM.
+        out_dir: Output directory.
+        generator: Name recorded in every output row.
+        device: See :func:`open_generator`.
+        data: Already loaded instructions (else loaded here, before any model).
 
     Returns:
         The model-outputs file.
