@@ -31,7 +31,13 @@ import dataclasses
 import typing
 from typing import Literal
 
-from evaluation.config import _ENV_NAME, HUB
+from evaluation.config import (
+    _ENV_NAME,
+    GENERATION_BACKEND_HELP,
+    HUB,
+    VLLM_GPU_MEMORY_HELP,
+    GenerationBackend,
+)
 from trainers.typed_config import ConfigError, option, validate
 
 AlpacaJudgeBackend = Literal["local", "openai"]
@@ -59,6 +65,8 @@ class AlpacaEvalConfig:
     limit: int | None = option(None, gt=0, help="Keep only the first ``limit`` instructions (file order).")
     max_new_tokens: int = option(1024, gt=0, help="Generation budget per output (greedy decoding).")
     generation_batch_size: int = option(8, gt=0, help="Number of instructions generated together (left-padded).")
+    generation_backend: GenerationBackend = option("hf", help=GENERATION_BACKEND_HELP)
+    vllm_gpu_memory_utilization: float = option(0.85, gt=0, le=1, help=VLLM_GPU_MEMORY_HELP)
     judge_backend: AlpacaJudgeBackend = option(
         "local",
         help="``local`` (in-process transformers model, weighted by its next-token probabilities) or ``openai`` "

@@ -11,15 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.mt_bench import safe_name
+from evaluation.vllm_generation import VLLMUnavailableError, require_vllm
 from trainers.typed_config import apply_overrides, build, overrides_from_args
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""``--dtype`` choices: what ``trainers.models.load_model`` and vLLM both accept."""
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--out``, ``--model-id`` and ``--device``."""
+    """``--model``, ``--out``, ``--model-id``, ``--device`` and ``--dtype``."""
     parser.add_argument("--model", required=True, help="model spec: 'embedded', a checkpoint dir or a hub id")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--model-id", help="name of the evaluated model (default: derived from --model)")
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda:1', ...")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the evaluated model(s)")
 
 
 def model_name(spec: str) -> str:
@@ -69,3 +74,19 @@ def resolve_device(parser: argparse.ArgumentParser, device: str) -> str:
     except RuntimeError as err:
         parser.error(f"--device: {err}")
     return device
+
+
+def check_generation_backend(parser: argparse.ArgumentParser, backend: str, device: str) -> None:
+    """With ``generation_backend=vllm``: vLLM is installed and ``--device`` is a GPU it can use."""
+    if backend != "vllm":
+        return
+    try:
+        require_vllm()
+    except VLLMUnavailableError as err:
+        parser.error(str(err))
+    if device != "cuda":
+        # vLLM takes the GPUs CUDA_VISIBLE_DEVICES shows; it has no device argument to honour "cuda:1" with.
+        parser.error(
+            f"generation_backend=vllm runs on the GPU(s) CUDA_VISIBLE_DEVICES shows, but --device is {device!r}: use "
+            "--device auto or cuda (select a GPU with CUDA_VISIBLE_DEVICES)"
+        )

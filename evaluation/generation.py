@@ -1,4 +1,4 @@
-"""Batched chat generation with a transformers causal LM, and MT-Bench answer generation.
+"""Batched chat generation with a transformers causal LM, and MT-Bench answer generation for any backend.
 
 Answers follow FastChat's ``gen_model_answer.py``: each question's turns are asked in order through the
 model's chat template, the second turn conditioned on the model's own first answer; the sampling
@@ -6,6 +6,9 @@ temperature depends on the category (``TEMPERATURE_CONFIG``; below 1e-4 means gr
 is decoded without special tokens and stripped. Unlike FastChat, conversations are generated in batches
 (left-padded) and sampling uses pure temperature sampling (``top_k=0``, ``top_p=1``) under a seed that is
 isolated from the caller's global RNG state.
+
+The turn logic (:func:`answer_questions`) takes a :data:`ChatGenerator`, so the transformers path here
+(:func:`hf_generator`) and the vLLM path (:mod:`evaluation.vllm_generation`) ask the same conversations.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +29,10 @@ GREEDY_BELOW = 1e-4
 """Temperatures below this decode greedily (FastChat's threshold)."""
 
 Message = dict[str, str]
+
+ChatGenerator = Callable[[Sequence[Sequence[Message]], float], list[str]]
+"""A generation backend: ``(conversations, temperature) -> replies``, one stripped reply (the next assistant
+message, special tokens removed) per conversation, in order; below ``GREEDY_BELOW`` it decodes greedily."""
 
 
 @contextlib.contextmanager
@@ -209,6 +216,24 @@ def category_temperature(category: str) -> float:
     return TEMPERATURE_CONFIG.get(category, DEFAULT_TEMPERATURE)
 
 
+def hf_generator(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int, batch_size: int
+) -> ChatGenerator:
+    """:func:`chat_generate` as a :data:`ChatGenerator` (call it inside :func:`inference_mode`)."""
+
+    def generate(conversations: Sequence[Sequence[Message]], temperature: float) -> list[str]:
+        return chat_generate(
+            model,
+            tokenizer,
+            conversations,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            batch_size=batch_size,
+        )
+
+    return generate
+
+
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -219,11 +244,7 @@ def generate_answers(
     batch_size: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """Answer every turn of every question and return FastChat ``model_answer`` rows.
-
-    Turn ``t`` of all questions is generated before turn ``t + 1``; the conversation for turn 2 holds the
-    first question, the model's first answer and the second question. Questions are grouped by category
-    temperature so each batch shares one decoding setting.
+    """:func:`answer_questions` with a transformers model (the ``hf`` generation backend).
 
     Args:
         model: Causal LM (its training flag is restored afterwards).
@@ -235,27 +256,39 @@ def generate_answers(
         seed: Seed of the sampled categories.
 
     Returns:
+        FastChat ``model_answer`` rows, see :func:`answer_questions`.
+    """
+    with inference_mode(model, seed=seed):
+        generate = hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return answer_questions(generate, questions, model_id)
+
+
+def answer_questions(generate: ChatGenerator, questions: Sequence[Question], model_id: str) -> list[dict[str, Any]]:
+    """Answer every turn of every question with any generation backend and return FastChat ``model_answer`` rows.
+
+    Turn ``t`` of all questions is generated before turn ``t + 1``; the conversation for turn 2 holds the
+    first question, the model's first answer and the second question. Questions are grouped by category
+    temperature (ascending) so each ``generate`` call shares one decoding setting.
+
+    Args:
+        generate: The backend: ``(conversations, temperature) -> replies`` (:data:`ChatGenerator`).
+        questions: Questions to answer.
+        model_id: Name recorded as ``model_id``.
+
+    Returns:
         One row per question: ``question_id``, ``answer_id``, ``model_id``,
         ``choices=[{"index": 0, "turns": [...]}]``, ``tstamp``.
     """
     answers: dict[int | str, list[str]] = {q.question_id: [] for q in questions}
     n_turns = max((len(q.turns) for q in questions), default=0)
-    with inference_mode(model, seed=seed):
-        for turn in range(n_turns):
-            groups = _temperature_groups(questions, turn)
-            for temperature in sorted(groups):
-                group = groups[temperature]
-                conversations = [_turn_messages(q, turn, answers[q.question_id]) for q in group]
-                replies = chat_generate(
-                    model,
-                    tokenizer,
-                    conversations,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    batch_size=batch_size,
-                )
-                for q, reply in zip(group, replies, strict=True):
-                    answers[q.question_id].append(reply)
+    for turn in range(n_turns):
+        groups = _temperature_groups(questions, turn)
+        for temperature in sorted(groups):
+            group = groups[temperature]
+            conversations = [_turn_messages(q, turn, answers[q.question_id]) for q in group]
+            replies = generate(conversations, temperature)
+            for q, reply in zip(group, replies, strict=True):
+                answers[q.question_id].append(reply)
     return [
         {
             "question_id": q.question_id,

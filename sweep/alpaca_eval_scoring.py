@@ -31,17 +31,11 @@ REFERENCE_GENERATOR = "reference_policy"
 
 def generate_alpaca_outputs(model: str, precision: str, cfg, out_dir: str, generator: str) -> str:
     """Ray task: answer the AlpacaEval instructions with a model (a trial's saved policy, or the reference model's
-    spec); returns the model-outputs file."""
-    import torch
-
-    from evaluation.alpaca_eval import write_outputs
+    spec) and ``cfg.generation_backend``; returns the model-outputs file."""
+    from evaluation.checkpoint_generation import write_alpaca_outputs
     from trainers.dpo_config import PRECISION_DTYPES
-    from trainers.models import load_model, load_tokenizer
 
-    policy = load_model(model, dtype=PRECISION_DTYPES[precision])
-    if torch.cuda.is_available():
-        policy = policy.to("cuda")
-    return str(write_outputs(policy, load_tokenizer(model), cfg, Path(out_dir), generator))
+    return str(write_alpaca_outputs(model, PRECISION_DTYPES[precision], cfg, Path(out_dir), generator))
 
 
 def experiment_dir(storage_path: str, config: SweepConfig) -> Path:

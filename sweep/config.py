@@ -304,6 +304,13 @@ class SweepConfig:
             raise ConfigError(
                 "= adaptive needs every trial's verdict and never prunes: set scheduler.asha=false", "search"
             )
+        for section in ("mt_bench", "alpaca_eval"):
+            if getattr(self, section).eval.generation_backend == "vllm" and not self.resources.use_gpu:
+                raise ConfigError(
+                    "= vllm runs on GPUs only, but resources.use_gpu is false: set resources.use_gpu=true (the "
+                    f"generation task then holds a trial's GPU) or {section}.eval.generation_backend=hf",
+                    f"{section}.eval.generation_backend",
+                )
 
     def map_dir(self) -> Path:
         """Directory of the stability map."""

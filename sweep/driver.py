@@ -22,8 +22,8 @@ from sweep.config import SweepConfig, to_dict
 from sweep.evaluation_tasks import EVALUATION_FAILED
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import finish_mt_bench, question_scores, start_mt_bench
-from sweep.preflight import SweepInputError, check_mt_bench
-from sweep.ray_cluster import init_ray
+from sweep.preflight import SweepInputError, check_generation_backends, check_mt_bench
+from sweep.ray_cluster import init_ray, joins_cluster
 from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
 from sweep.storage_check import check_shared_storage, mark_sweep_storage
@@ -131,6 +131,8 @@ class SweepDriver:
         """
         train = self.config.train
         self._check_existing_sweep()
+        # Before init_ray, which changes what joins_cluster sees.
+        check_generation_backends(self.config, local=not joins_cluster(self.address))
         try:
             resolve_model_path(train.model)
         except (FileNotFoundError, ValueError) as err:

@@ -17,6 +17,7 @@ from evaluation.config import EvalConfig
 from evaluation.generation import render_chat
 from evaluation.judges import JudgeError, OpenAIJudge
 from evaluation.mt_bench import MTBenchData, load_mt_bench_data
+from evaluation.vllm_generation import VLLMUnavailableError, require_vllm
 from sweep.config import SweepConfig
 
 REACHABLE_TIMEOUT_S = 5.0
@@ -48,6 +49,29 @@ def check_mt_bench(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | Non
     if cfg.judge_backend == "openai":
         _check_openai_judge(cfg)
     _check_context(config.train.model, data, cfg.max_new_tokens, tokenizer)
+
+
+def check_generation_backends(config: SweepConfig, *, local: bool) -> None:
+    """vLLM must be installed where an evaluation that selects trials generates with it.
+
+    Args:
+        config: The sweep config (``resources.use_gpu`` with vLLM is already a config rule).
+        local: Whether the generation tasks run on this machine (a local Ray instance). On a cluster they run on the
+            GPU workers, whose image is not the driver's (the head runs the CPU image, ``cluster/README.md``): there a
+            missing vLLM fails the generation task with the same message, recorded on the trial.
+
+    Raises:
+        SweepInputError: Naming ``<section>.eval.generation_backend`` and ``pip install '.[vllm]'``.
+    """
+    if not local:
+        return
+    for section in ("mt_bench", "alpaca_eval"):
+        scoring = getattr(config, section)
+        if scoring.policy != "none" and scoring.eval.generation_backend == "vllm":
+            try:
+                require_vllm(f"{section}.eval.generation_backend")
+            except VLLMUnavailableError as err:
+                raise SweepInputError(str(err)) from None
 
 
 def _check_openai_judge(cfg: EvalConfig) -> None:

@@ -149,18 +149,13 @@ def trial_output_dir(storage_path: str, experiment: str, trial_id: str) -> Path:
 def generate_mt_bench_answers(model_dir: str, precision: str, cfg: EvalConfig, out_dir: str, model_id: str) -> str:
     """Ray task: answer the MT-Bench questions with a trial's saved policy; returns the answers file.
 
-    Runs on a trial's resources (the GPU a 7B policy needs); judging happens in the driver.
+    Runs on a trial's resources (the GPU a 7B policy needs) with ``cfg.generation_backend``; judging happens in the
+    driver.
     """
-    import torch
-
-    from evaluation.mt_bench import write_answers
+    from evaluation.checkpoint_generation import write_mt_bench_answers
     from trainers.dpo_config import PRECISION_DTYPES
-    from trainers.models import load_model, load_tokenizer
 
-    model = load_model(model_dir, dtype=PRECISION_DTYPES[precision])
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return str(write_answers(model, load_tokenizer(model_dir), cfg, Path(out_dir), model_id))
+    return str(write_mt_bench_answers(model_dir, PRECISION_DTYPES[precision], cfg, Path(out_dir), model_id))
 
 
 def trains_in_process(num_workers: int, deepspeed: str | None) -> bool:

@@ -842,6 +842,22 @@ def test_dockerfile_installs_the_pyproject_dependency_set():
     assert torch_install.instruction_index < full[0].instruction_index, "torch before the project resolve"
 
 
+def test_dockerfile_installs_the_vllm_extra_only_when_asked_and_only_on_gpu():
+    dockerfile = Dockerfile.parse(DOCKERFILE)
+    stage = dockerfile.final
+    args = dockerfile.stage_args(stage)
+    assert args["INSTALL_VLLM"] == "0", "vLLM is opt-in: it pins its own CUDA torch"
+    installs = [i for i in _pip_installs(stage, args) if ".[vllm]" in i.requirements]
+    assert len(installs) == 1, "the vllm extra is installed by exactly one `pip install '.[vllm]'`"
+    keyword, run = stage.instructions[installs[0].instruction_index]
+    assert keyword == "RUN" and '"$INSTALL_VLLM" = "1"' in run and '"$VARIANT" != "gpu"' in run
+    checks = [i for i, (kw, text) in enumerate(stage.instructions) if kw == "RUN" and "torch.version.cuda" in text]
+    assert checks and installs[0].instruction_index < checks[-1], "the CUDA-torch check must run after vLLM's install"
+    extra = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["vllm"]]
+    assert [canonicalize_name(r.name) for r in extra] == ["vllm"] and extra[0].specifier == SpecifierSet(">=0.11")
+    assert "vllm" not in _project_requirements(), "vLLM must never be a core (CPU) dependency"
+
+
 def test_dockerfile_runs_as_non_root_without_secrets():
     dockerfile = Dockerfile.parse(DOCKERFILE)
     users = [args for keyword, args in dockerfile.final.instructions if keyword == "USER"]

@@ -265,6 +265,21 @@ KNOWN_LOSSES = sorted(LOSSES)
         pytest.param(
             ["mlflow.tracking_uri=mlflow.example.com:5000"], ["mlflow.tracking_uri", "http"], id="uri-without-scheme"
         ),
+        pytest.param(
+            ["mt_bench.eval.generation_backend=vllm"],
+            ["mt_bench.eval.generation_backend", "resources.use_gpu"],
+            id="mt-bench-vllm-without-gpu",
+        ),
+        pytest.param(
+            ["alpaca_eval.eval.generation_backend=vllm", "resources.use_gpu=false"],
+            ["alpaca_eval.eval.generation_backend", "resources.use_gpu"],
+            id="alpaca-eval-vllm-without-gpu",
+        ),
+        pytest.param(
+            ["mt_bench.eval.vllm_gpu_memory_utilization=0"],
+            ["mt_bench.eval.vllm_gpu_memory_utilization", "> 0 and <= 1"],
+            id="vllm-memory-zero",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(overrides, expected):
@@ -480,3 +495,11 @@ def test_dry_run_on_hh_rlhf_says_what_truncation_drops_and_refuses_too_few_pairs
     assert too_big_batch.returncode == 2
     assert "train.data: only" in too_big_batch.stderr and "one optimizer step needs 64" in too_big_batch.stderr
     assert dropped > 0, train_line  # the issue's finding: most train pairs' prompts fill 64 tokens
+
+
+def test_vllm_generation_is_accepted_on_gpu_trials():
+    config = load_sweep_config(
+        "smoke",
+        ["resources.use_gpu=true", "mt_bench.eval.generation_backend=vllm", "alpaca_eval.eval.generation_backend=vllm"],
+    )
+    assert config.mt_bench.eval.generation_backend == config.alpaca_eval.eval.generation_backend == "vllm"

@@ -43,7 +43,7 @@ from evaluation.alpaca_eval_data import (
 )
 from evaluation.alpaca_eval_judge import PairJudge, build_pair_judge, render_pair_prompt
 from evaluation.alpaca_eval_metrics import alpaca_metrics
-from evaluation.generation import chat_generate, inference_mode
+from evaluation.generation import ChatGenerator, hf_generator, inference_mode
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,19 @@ def generate_outputs(
     max_new_tokens: int,
     batch_size: int,
 ) -> list[ModelOutput]:
-    """Answer every instruction greedily through the chat template; rows keep each instruction's ``dataset``."""
-    conversations = [[{"role": "user", "content": i.instruction}] for i in instructions]
+    """:func:`answer_instructions` with a loaded transformers model (the ``hf`` backend)."""
     with inference_mode(model):
-        replies = chat_generate(
-            model, tokenizer, conversations, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
-        )
+        generate = hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return answer_instructions(generate, instructions, generator)
+
+
+def answer_instructions(
+    generate: ChatGenerator, instructions: Sequence[ModelOutput], generator: str
+) -> list[ModelOutput]:
+    """Answer every instruction greedily through the chat template with a generation backend; rows keep each
+    instruction's ``dataset``."""
+    conversations = [[{"role": "user", "content": i.instruction}] for i in instructions]
+    replies = generate(conversations, 0.0)
     return [ModelOutput(i.instruction, r, generator, i.dataset) for i, r in zip(instructions, replies, strict=True)]
 
 
@@ -150,18 +157,23 @@ def write_outputs(
     generator: str,
     data: AlpacaEvalData | None = None,
 ) -> Path:
-    """Generate the outputs of ``model`` and write ``<out_dir>/model_outputs.json``: the part a sweep runs on a trial
-    worker's resources. Returns the file."""
+    """Generate the outputs of a loaded ``model`` and write ``<out_dir>/model_outputs.json``; a sweep runs
+    :func:`evaluation.checkpoint_generation.write_alpaca_outputs`, which picks the backend. Returns the file."""
+    with inference_mode(model):
+        generate = hf_generator(
+            model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
+        )
+        return write_outputs_with(generate, cfg, out_dir, generator, data=data)
+
+
+def write_outputs_with(
+    generate: ChatGenerator, cfg: AlpacaEvalConfig, out_dir: Path, generator: str, data: AlpacaEvalData | None = None
+) -> Path:
+    """Answer the instructions with a generation backend and write ``<out_dir>/model_outputs.json``. Returns the
+    file."""
     data = data or load_alpaca_eval_data(cfg)
     logger.info("AlpacaEval: answering %d instructions with %s", len(data.instructions), generator)
-    outputs = generate_outputs(
-        model,
-        tokenizer,
-        data.instructions,
-        generator,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.generation_batch_size,
-    )
+    outputs = answer_instructions(generate, data.instructions, generator)
     return write_model_outputs(Path(out_dir) / OUTPUTS_FILENAME, outputs)
 
 

@@ -12,10 +12,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluation.alpaca_eval import format_scores, load_alpaca_eval_data, run_alpaca_eval, write_outputs
+from evaluation.alpaca_eval import AlpacaEvalData, format_scores, load_alpaca_eval_data, score_outputs
 from evaluation.alpaca_eval_config import AlpacaEvalConfig
 from evaluation.alpaca_eval_judge import OpenAIPairJudge, PairJudge, build_pair_judge
-from evaluation.cli import add_model_arguments, check_model_specs, model_name, parse_config, resolve_device
+from evaluation.checkpoint_generation import write_alpaca_outputs
+from evaluation.cli import (
+    add_model_arguments,
+    check_generation_backend,
+    check_model_specs,
+    model_name,
+    parse_config,
+    resolve_device,
+)
 from evaluation.judges import JudgeError
 from trainers.typed_config import config_parser
 
@@ -25,6 +33,7 @@ CONFIG_ALIASES = {
     "--limit": "limit",
     "--max-new-tokens": "max_new_tokens",
     "--batch-size": "generation_batch_size",
+    "--generation-backend": "generation_backend",
     "--judge-backend": "judge_backend",
     "--judge-model": "judge_model",
     "--judge-base-url": "judge_base_url",
@@ -52,8 +61,8 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: AlpacaEvalConfig) -> None:
-    """Every model spec and data file, before any model is loaded."""
+def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: AlpacaEvalConfig) -> AlpacaEvalData:
+    """Every model spec and data file, before any model is loaded; returns the loaded data."""
     if cfg.baseline is None and not args.baseline_model:
         parser.error("--baseline-model is required when the baseline is the reference policy (baseline=null)")
     if cfg.baseline is not None and args.baseline_model:
@@ -62,7 +71,7 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg
     specs = [("--model", args.model), ("--baseline-model", args.baseline_model), ("--judge-model", local_judge)]
     check_model_specs(parser, specs)
     try:
-        load_alpaca_eval_data(cfg)
+        return load_alpaca_eval_data(cfg)
     except (ValueError, FileNotFoundError) as err:
         parser.error(f"AlpacaEval data: {err}")
 
@@ -74,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg, model_id = parse_config(parser, args, AlpacaEvalConfig)
     device = resolve_device(parser, args.device)
-    _check_inputs(parser, args, cfg)
+    check_generation_backend(parser, cfg.generation_backend, device)
+    data = _check_inputs(parser, args, cfg)
     judge: PairJudge | None = None
     if cfg.judge_backend == "openai":
         try:
@@ -82,20 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except JudgeError as err:
             parser.error(str(err))
 
-    from trainers.models import load_model, load_tokenizer
-
     baseline_path = None
     if args.baseline_model:
-        base = load_model(args.baseline_model).to(device)
-        base_tokenizer = load_tokenizer(args.baseline_model)
-        baseline_path = write_outputs(base, base_tokenizer, cfg, args.out / "baseline", model_name(args.baseline_model))
-        del base
-    model = load_model(args.model).to(device)
+        baseline_name = model_name(args.baseline_model)
+        baseline_path = write_alpaca_outputs(
+            args.baseline_model, args.dtype, cfg, args.out / "baseline", baseline_name, device=device, data=data
+        )
+    outputs = write_alpaca_outputs(args.model, args.dtype, cfg, args.out, model_id, device=device, data=data)
     judge = judge or build_pair_judge(cfg, device=device)
     try:
-        result = run_alpaca_eval(
-            model, load_tokenizer(args.model), cfg, args.out, model_id, baseline_path=baseline_path, judge=judge
-        )
+        result = score_outputs(outputs, cfg, args.out, baseline_path=baseline_path, judge=judge, data=data)
     except JudgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ Pipeline of :func:`run_mt_bench`:
 1. load and validate questions and reference answers (:mod:`evaluation.mt_bench_data`) and judge prompts
    (:mod:`evaluation.mt_bench_judge_prompts`);
 2. generate both turns of every question with the policy model
-   (:func:`evaluation.generation.generate_answers`) and write them as
+   (:func:`evaluation.generation.answer_questions`, with transformers or vLLM) and write them as
    ``<out_dir>/model_answer/<model_id>.jsonl`` (FastChat ``model_answer`` format);
 3. grade turn 1 with ``single-v1`` (``single-math-v1`` with the reference answer for math, reasoning and
    coding) and turn 2 with the ``-multi-turn`` variants, and write
@@ -35,7 +35,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluation.config import EvalConfig
-from evaluation.generation import generate_answers
+from evaluation.generation import ChatGenerator, answer_questions, hf_generator, inference_mode
 from evaluation.judges import Judge, OpenAIJudge, build_judge
 from evaluation.mt_bench_data import (
     Question,
@@ -294,7 +294,23 @@ def write_answers(
 ) -> Path:
     """Generate both turns of every question with ``model`` and write ``model_answer/<model_id>.jsonl``.
 
-    The first half of :func:`run_mt_bench`, which a sweep runs on the trial's (GPU) resources.
+    The first half of :func:`run_mt_bench` with a loaded transformers model (the ``hf`` backend); a sweep runs
+    :func:`evaluation.checkpoint_generation.write_mt_bench_answers`, which picks the backend, on the trial's resources.
+
+    Returns:
+        The answers file.
+    """
+    with inference_mode(model, seed=cfg.seed):
+        generate = hf_generator(
+            model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
+        )
+        return write_answers_with(generate, cfg, out_dir, model_id, data=data)
+
+
+def write_answers_with(
+    generate: ChatGenerator, cfg: EvalConfig, out_dir: Path, model_id: str, data: MTBenchData | None = None
+) -> Path:
+    """Answer every question with a generation backend and write ``<out_dir>/model_answer/<model_id>.jsonl``.
 
     Returns:
         The answers file.
@@ -302,15 +318,7 @@ def write_answers(
     _check_model_id(model_id)
     data = data or load_mt_bench_data(cfg)
     logger.info("MT-Bench: answering %d questions with %s", len(data.questions), model_id)
-    rows = generate_answers(
-        model,
-        tokenizer,
-        data.questions,
-        model_id,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.generation_batch_size,
-        seed=cfg.seed,
-    )
+    rows = answer_questions(generate, data.questions, model_id)
     answers_path = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
     _write_jsonl(answers_path, rows)
     return answers_path

@@ -11,10 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluation.cli import add_model_arguments, check_model_specs, parse_config, resolve_device
+from evaluation.checkpoint_generation import write_mt_bench_answers
+from evaluation.cli import (
+    add_model_arguments,
+    check_generation_backend,
+    check_model_specs,
+    parse_config,
+    resolve_device,
+)
 from evaluation.config import EvalConfig
 from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
-from evaluation.mt_bench import format_scores, load_mt_bench_data, run_mt_bench
+from evaluation.mt_bench import format_scores, load_mt_bench_data, score_answers
 from trainers.typed_config import config_parser
 
 CONFIG_ALIASES = {
@@ -29,6 +36,7 @@ CONFIG_ALIASES = {
     "--limit": "limit",
     "--max-new-tokens": "max_new_tokens",
     "--batch-size": "generation_batch_size",
+    "--generation-backend": "generation_backend",
     "--seed": "seed",
     "--judge-max-tokens": "judge_max_tokens",
     "--judge-batch-size": "judge_batch_size",
@@ -59,10 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg, model_id = parse_config(parser, args, EvalConfig)
     device = resolve_device(parser, args.device)
+    check_generation_backend(parser, cfg.generation_backend, device)
     local_judge = cfg.resolved_judge_model if cfg.judge_backend == "local" else None
     check_model_specs(parser, [("--model", args.model), ("--judge-model", local_judge)])
     try:
-        load_mt_bench_data(cfg)
+        data = load_mt_bench_data(cfg)
     except (ValueError, FileNotFoundError) as err:
         parser.error(f"MT-Bench data: {err}")
     judge: Judge | None = None
@@ -71,15 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             judge = OpenAIJudge.from_config(cfg)
         except JudgeError as err:
             parser.error(str(err))
-
-    from trainers.models import load_model, load_tokenizer
-
-    model = load_model(args.model).to(device)
-    tokenizer = load_tokenizer(args.model)
-    if judge is None:
-        judge = build_judge(cfg, device=device)
     try:
-        result = run_mt_bench(model, tokenizer, cfg, args.out, model_id, judge=judge)
+        # The policy (or its vLLM engine) is gone before a local judge takes the device.
+        answers = write_mt_bench_answers(args.model, args.dtype, cfg, args.out, model_id, device=device, data=data)
+        judge = judge or build_judge(cfg, device=device)
+        result = score_answers(answers, cfg, args.out, model_id, judge=judge, data=data)
     except JudgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
