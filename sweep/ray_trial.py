@@ -26,7 +26,6 @@ from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VA
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sweep.config import ResourcesConfig
-from sweep.storage_check import check_trial_storage
 from trainers.config import LossConfig, TrainConfig
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType
 
@@ -94,6 +93,8 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
             report(_report(values, step, ReportType.TRAIN))
 
     if config.get("storage", {}).get("token"):
+        from sweep.storage_check import check_trial_storage  # its error class pulls in the preflight's ML imports
+
         check_trial_storage(**config["storage"])  # this node may have joined after the sweep's storage check
     reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
     result = run_trial(train, loss, reference=reference, on_metrics=on_metrics, warm=warm)
