@@ -267,7 +267,8 @@ class SweepConfig:
     )
     share_reference: bool = option(
         True,
-        help="Compute the reference log-probs of every pair once, as a Ray task before the trials, and store them "
+        help="Compute the reference log-probs of every pair once, as Ray tasks before the trials "
+        "(``resources.reference_shards``), and store them "
         "under ``<storage_path>/reference/<key>`` (the key fingerprints model, data, tokenisation, max length and "
         "precision; a later sweep with the same key reuses them). Trials then never load a reference model. "
         "``false``: every trial precomputes its own.",

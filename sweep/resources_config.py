@@ -48,6 +48,14 @@ class ResourcesConfig:
         help="Retries of a trial whose process crashed (exception, OOM, killed worker); a diverged trial is a result "
         "and is never retried.",
     )
+    reference_shards: int | None = option(
+        None,
+        gt=0,
+        help="Shards of the sweep's shared reference pass, run as parallel Ray tasks on one trial worker's resources "
+        "each (contiguous ranges of whole reference batches, so the log-probs are the same as from one pass); "
+        "``null``: one per trial worker with ``use_gpu`` (the 8 GPUs of an 8-worker trial score 1/8 of the pairs "
+        "each), else 1 (in the driver on a local CPU instance).",
+    )
 
     def __post_init__(self) -> None:
         validate(self, label="resources")
@@ -55,6 +63,12 @@ class ResourcesConfig:
     def _check(self) -> None:
         if self.use_gpu and not self.gpus_per_worker > 0:
             raise ConfigError(f"must be > 0 with use_gpu, got {self.gpus_per_worker!r}", "gpus_per_worker")
+
+    def reference_shard_count(self) -> int:
+        """How many shards the shared reference pass runs in (``reference_shards``, else its default)."""
+        if self.reference_shards is not None:
+            return self.reference_shards
+        return self.num_workers if self.use_gpu else 1
 
     def per_trial(self) -> dict[str, float]:
         """Total resources one trial's workers reserve (``{"CPU": .., "GPU": ..}``)."""

@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "evaluation.alpaca_eval_data",
         "evaluation.alpaca_eval_metrics",
     ),
-    ("trainers.reference", "evaluation.judges"),
+    ("trainers.reference_shards", "trainers.reference", "evaluation.judges"),
     (
         "trainers.trial_runner",
         "evaluation.mt_bench",

@@ -75,11 +75,22 @@ def test_shipped_config_loads_and_validates(path):
         ("resources.placement_strategy=SPREAD_OUT", "resources.placement_strategy"),
         ("resources.placement_timeout_s=0", "resources.placement_timeout_s"),
         ("train.reference_batch_size=0", "train.reference_batch_size"),
+        ("resources.reference_shards=0", "resources.reference_shards"),
+        ("resources.reference_shards=1.5", "resources.reference_shards"),
+        ("resources.reference_shards=all", "resources.reference_shards"),
     ],
 )
 def test_bad_verdict_thresholds_and_forms_are_rejected_naming_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_sweep_config("smoke", [override])
+
+
+def test_reference_shards_default_to_one_per_gpu_worker():
+    """A GPU trial's workers share the reference pass (one shard each); on CPU it stays whole unless asked."""
+    assert load_sweep_config("mistral7b_seed").resources.reference_shard_count() == 8
+    assert load_sweep_config("mistral7b_seed", ["resources.reference_shards=2"]).resources.reference_shard_count() == 2
+    assert load_sweep_config("smoke", ["resources.num_workers=2"]).resources.reference_shard_count() == 1
+    assert load_sweep_config("smoke", ["resources.reference_shards=3"]).resources.reference_shard_count() == 3
 
 
 def test_adaptive_search_loads_with_its_settings():

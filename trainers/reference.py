@@ -20,15 +20,18 @@ from pathlib import Path
 import datasets
 
 from trainers.atomic_dir import build_dir_once
-from trainers.config import LossConfig, TrainConfig
+from trainers.config import TrainConfig
 from trainers.data import PreferenceData
-from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
-from trainers.models import load_model, load_tokenizer, resolve_model_path
-from trainers.trl_trainer import REF_COLUMNS, TOKENISED_COLUMNS, RegistryDPOTrainer
+from trainers.models import resolve_model_path
+from trainers.reference_shards import (
+    ROW_COLUMN,
+    RunShards,
+    assemble_reference_shards,
+    compute_reference_shard,
+    run_shards_here,
+)
 
-ROW_COLUMN = "__row"
 _KEY_VERSION = "dlrml-reference-v2"  # v2: the tokenised pairs are stored with the log-probs
-_SPLITS = ("train", "eval")
 _DONE = "COMPLETE"
 
 
@@ -94,62 +97,59 @@ class ReferenceLogps:
         return datasets.load_from_disk(str(Path(self.path) / split))
 
 
-def _with_rows(dataset: datasets.Dataset) -> datasets.Dataset:
-    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
-
-
-def compute_reference_logps(train: TrainConfig, data: PreferenceData, root: str | Path) -> ReferenceLogps:
+def compute_reference_logps(
+    train: TrainConfig,
+    data: PreferenceData,
+    root: str | Path,
+    *,
+    shards: int = 1,
+    run_shards: RunShards | None = None,
+) -> ReferenceLogps:
     """Compute (or find) the reference log-probs of every train and held-out pair.
 
     Runs TRL's own reference precompute (``precompute_ref_log_probs=True``) with the reference model in the
     trial's precision and max length, ``train.reference_batch_size`` pairs per forward, and stores the per-row
     results under ``<root>/<reference_key>``. A second call with the same key returns at once; concurrent callers
-    on shared storage serialise on a lock file (:func:`trainers.atomic_dir.build_dir_once`).
+    on shared storage serialise on a lock file (:func:`trainers.atomic_dir.build_dir_once`), held by this process
+    while the shards run.
+
+    Split into ``shards``, the pass computes contiguous ranges of whole batches of each split apart
+    (:func:`trainers.reference_shards.compute_reference_shard`, each into its own directory inside the build
+    directory) and concatenates them in order: every forward batch holds the pairs it holds unsharded, so the
+    stored datasets are the same and the key does not depend on ``shards``.
 
     Args:
         train: The sweep's base trial config (model, precision, max length, batch size).
         data: The preference pairs, as every trial loads them.
-        root: Storage directory shared by all nodes (the sweep's storage path).
+        root: Storage directory shared by all nodes (the sweep's storage path); with several shards, also by every
+            process that computes one.
+        shards: Number of shards (``1``: one pass straight into the stored directory).
+        run_shards: Runs the shards (:data:`trainers.reference_shards.RunShards`); defaults to one after another in
+            this process. It is not called when the log-probs are stored already.
 
     Returns:
         The stored :class:`ReferenceLogps`.
     """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    run_shards = run_shards or run_shards_here
     key = reference_key(train, data)
     target = Path(root) / key
 
     def build(out_dir: Path) -> dict:
-        _compute_into(train, data, out_dir)
-        return {"key": key}
+        if shards == 1:
+            run_shards(compute_reference_shard, [(train, data, out_dir)])
+        else:
+            shard_dirs = [out_dir / "shards" / str(shard) for shard in range(shards)]
+            ranges = run_shards(
+                compute_reference_shard, [(train, data, d, shard, shards) for shard, d in enumerate(shard_dirs)]
+            )
+            assemble_reference_shards(shard_dirs, ranges, out_dir)
+            shutil.rmtree(out_dir / "shards")
+        return {"key": key, "shards": shards}
 
     build_dir_once(target, build, marker=_DONE, what=f"reference log-probs {key}")
     return ReferenceLogps(key=key, path=str(target), data_fingerprint=data.fingerprint())
-
-
-def _compute_into(train: TrainConfig, data: PreferenceData, out_dir: Path) -> None:
-    config = build_dpo_config(
-        # One process, no DeepSpeed: the reference forward of a single model needs no sharding across trials.
-        TrainConfig(
-            **{
-                **train.as_dict(),
-                "max_steps": 1,
-                "save_model": False,
-                "deepspeed": None,
-                "output_dir": str(out_dir / "run"),
-            }
-        ),
-        LossConfig("dpo", beta_kl=0.1),
-    )
-    trainer = RegistryDPOTrainer(
-        model=load_model(train.model, dtype=PRECISION_DTYPES[train.precision]),
-        args=config,
-        train_dataset=_with_rows(data.train),
-        eval_dataset=_with_rows(data.eval),
-        processing_class=load_tokenizer(train.model),
-        loss=LossConfig("dpo", beta_kl=0.1),
-    )
-    for split, dataset in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
-        dataset.select_columns([ROW_COLUMN, *TOKENISED_COLUMNS, *REF_COLUMNS]).save_to_disk(str(out_dir / split))
-    shutil.rmtree(out_dir / "run", ignore_errors=True)
 
 
 def reference_datasets(
