@@ -8,9 +8,12 @@
 #             ZeRO-3, one rank (resources.use_gpu, 1 GPU per trial): the production trial path on one GPU.
 # 2. trial:   bench/trial_vs_trl.py on the embedded model (steps/s, tokens/s, MFU against PEAK_TFLOPS).
 # 3. mt-bench: wall time of MT-Bench answer generation (HF generate) for 16 questions, bf16, embedded model.
+# 4. mt-bench-vllm: the same with mt_bench.eval.generation_backend=vllm (engine start included), where the vllm
+#             extra is installed (pip install '.[vllm]'); reported as skipped otherwise.
 #
-# Each part has its own time limit (5 + 3 + 1.5 min); a part that fails or runs out of time is reported as such
-# and the others still run. The exit status is 0 only if all three passed. Logs and JSON results go to $OUT.
+# Each part has its own time limit (4 + 2.5 + 1.5 + 2 min); a part that fails or runs out of time is reported as
+# such and the others still run. The exit status is 0 only if every part that ran passed. Logs and JSON results go
+# to $OUT.
 # It has not been run yet (no GPU where it was written): BENCHMARKS.md says so until it has.
 set -uo pipefail
 
@@ -42,42 +45,46 @@ run_part() { # name, limit_s, command...
     SECS[$name]=$((SECONDS - start))
 }
 
-run_part sweep 300 "$PYTHON" sweep/run.py --config smoke --name gpu_check --no-mlflow \
+run_part sweep 240 "$PYTHON" sweep/run.py --config smoke --name gpu_check --no-mlflow \
     "storage_path=$OUT/sweep" train.model=embedded train.precision=bf16 \
     train.deepspeed=trainers/deepspeed/zero3_bf16.json train.max_steps=10 train.eval_steps=5 \
     resources.use_gpu=true resources.gpus_per_worker=1 resources.num_workers=1 resources.cpus_per_worker=4
 
-run_part trial 180 "$PYTHON" bench/trial_vs_trl.py --model embedded --repeats 1 --steps 10 \
+run_part trial 150 "$PYTHON" bench/trial_vs_trl.py --model embedded --repeats 1 --steps 10 \
     --peak-tflops "$PEAK_TFLOPS" --out "$OUT/trial_vs_trl.json"
 
-run_part mt_bench 90 "$PYTHON" - "$OUT" <<'PY'
-import json, sys, time
+MT_BENCH_TIMING=$(cat <<'PY'
+import dataclasses, json, sys, time
 from pathlib import Path
 
 import torch
 
+from evaluation.checkpoint_generation import write_mt_bench_answers
 from evaluation.config import EvalConfig
-from evaluation.mt_bench import write_answers
-from trainers.models import load_model, load_tokenizer
 
-out = Path(sys.argv[1])
-cfg = EvalConfig(limit=16, max_new_tokens=256)
-model = load_model("embedded", dtype="bfloat16").to("cuda")
-tokenizer = load_tokenizer("embedded")
-torch.cuda.synchronize()
-start = time.perf_counter()
-answers = write_answers(model, tokenizer, cfg, out / "mt_bench", "embedded-bf16")
-torch.cuda.synchronize()
+out, backend = Path(sys.argv[1]), sys.argv[2]
+cfg = EvalConfig(limit=16, max_new_tokens=256, generation_backend=backend)
+start = time.perf_counter()  # model load / engine start included: what a sweep's generation task pays
+answers = write_mt_bench_answers("embedded", "bfloat16", cfg, out / f"mt_bench_{backend}", f"embedded-{backend}")
+if torch.cuda.is_available():
+    torch.cuda.synchronize()
 seconds = time.perf_counter() - start
-result = {"questions": cfg.limit, "turns": 2 * cfg.limit, "max_new_tokens": cfg.max_new_tokens,
+result = {"backend": backend, "questions": cfg.limit, "turns": 2 * cfg.limit, "max_new_tokens": cfg.max_new_tokens,
           "batch_size": cfg.generation_batch_size, "seconds": seconds, "answers": str(answers)}
-(out / "mt_bench.json").write_text(json.dumps(result, indent=2))
+(out / f"mt_bench_{backend}.json").write_text(json.dumps(result, indent=2))
 print(json.dumps(result))
 PY
+)
+run_part mt_bench 90 "$PYTHON" -c "$MT_BENCH_TIMING" "$OUT" hf
+if "$PYTHON" -c 'import vllm' >/dev/null 2>&1; then
+    run_part mt_bench_vllm 120 "$PYTHON" -c "$MT_BENCH_TIMING" "$OUT" vllm
+else
+    STATUS[mt_bench_vllm]="skipped (the vllm extra is not installed)" SECS[mt_bench_vllm]=0
+fi
 
 echo
 echo "== gpu_check summary ($GPU, $(date -u +%FT%TZ)) =="
-for part in sweep trial mt_bench; do
+for part in sweep trial mt_bench mt_bench_vllm; do
     printf '  %-9s %4ss  %s\n' "$part" "${SECS[$part]}" "${STATUS[$part]}"
 done
 grep -E '^\[sweep\]|stable|diverged|stalled|collapsed' "$OUT/sweep.log" | tail -n 8 | sed 's/^/  sweep: /'
@@ -91,7 +98,9 @@ for side, rows in data.get("runs", {}).items():
         print(f"  trial:    {side}: {fields}")
 PY
 fi
-[[ -f "$OUT/mt_bench.json" ]] && sed 's/^/  mt_bench: /' "$OUT/mt_bench.json" | tr -d '\n' && echo
-for part in sweep trial mt_bench; do
-    [[ "${STATUS[$part]}" == passed ]] || exit 1
+for backend in hf vllm; do
+    [[ -f "$OUT/mt_bench_$backend.json" ]] && sed 's/^/  mt_bench: /' "$OUT/mt_bench_$backend.json" | tr -d '\n' && echo
+done
+for part in sweep trial mt_bench mt_bench_vllm; do
+    [[ "${STATUS[$part]}" == passed || "${STATUS[$part]}" == skipped* ]] || exit 1
 done
