@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the SmolLM2 tokenizer, the embedded and tiny model checkpoints, shared test data.
+"""Shared pytest fixtures: the SmolLM2 tokenizer, the embedded and tiny model checkpoints, shared test data, a Ray head.
 
 The environment is set before anything imports ``huggingface_hub`` (which reads ``HF_HUB_OFFLINE`` at
 import time), so the project modules are imported inside the fixtures.
@@ -64,3 +64,12 @@ def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="dlrml-ray-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator:
+    """A Ray head node started with ``ray start --head --block`` (token authentication on, its own temp dir), for the
+    tests of one module, ended with every process it started."""
+    from tests.sweeps import start_ray_head
+
+    yield from start_ray_head()

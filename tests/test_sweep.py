@@ -1,12 +1,10 @@
-"""End-to-end sweeps on real Ray, as a user runs them: ``python sweep/run.py`` and ``ray job submit``.
+"""An end-to-end sweep on real Ray, as a user runs it: ``python sweep/run.py``.
 
-* One sweep of the tiny random model (a 2 x 2 grid, one beta_kl so large that its cells diverge at step 2)
-  runs as a subprocess on a local Ray instance and logs to a real ``mlflow server`` on 127.0.0.1. Its
-  results, stability map and MLflow runs are checked by several tests that share that one run.
-* A real Ray cluster started with ``ray start --head`` (token authentication on, its own temp dir) runs the smoke
-  sweep submitted with ``ray job submit --working-dir <repo>``, and refuses a GPU sweep before any trial starts.
-  It is up while the first sweep runs, so that sweep's local instance is not the only one on the machine.
-* On that cluster, a sweep whose trial worker is SIGKILLed by pid retries the trial, then records it ``errored``.
+One sweep of the tiny random model (a 2 x 2 grid, one beta_kl so large that its cells diverge at step 2) runs as a
+subprocess on a local Ray instance and logs to a real ``mlflow server`` on 127.0.0.1. Its results, stability map and
+MLflow runs are checked by several tests that share that one run. A Ray cluster (``ray start --head``) is up while it
+runs, so that the sweep's local instance is not the only one on the machine. The cluster sweeps are in
+``test_sweep_cluster.py``, the maps that must not depend on how a sweep ran in ``test_sweep_maps.py``.
 
 Every process these tests start carries a marker variable in its environment; the fixtures end exactly the
 processes carrying it (Ray workers included), never Ray instances started by anyone else.
@@ -14,19 +12,13 @@ processes carrying it (Ray workers included), never Ray instances started by any
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import re
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,24 +28,19 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from sweep.config import load_sweep_config
 from sweep.ray_trial import WORKERS_LOG
-from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, SWEEP_TAG, TRIAL_TAG
-from tests.procs import BIN_DIR, MARK_VAR, Finished, end_marked, free_port, make_env, run, stop_group, wait_http
+from sweep.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+from tests.procs import MARK_VAR, Finished, free_port, make_env, stop_group, wait_http
+from tests.sweeps import DIVERGENT_BETA, STABLE_BETA, RayCluster, run_sweep, superseded
 from trainers.collapse import REASONS
-from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
-from trainers.trial_runner import run_trial
+from trainers.protocol import TrialStatus
 
 VERDICT_REASONS = {"no_learning", "likelihood_collapse", "accuracy_below_chance", "accuracy_back_to_chance"}
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUN_SCRIPT = "sweep/run.py"
-RAY_STARTED = "Started a local Ray instance"
 
 MAX_STEPS = 5
-STABLE_BETA, DIVERGENT_BETA = 0.1, 500.0
 LOSSES = ("dpo", "dlrml")
 SWEEP_NAME = "smoke-divergent"
 DIVERGENT_OVERRIDES = [
@@ -77,30 +64,6 @@ FAKE_SECRETS = {
     "MLFLOW_TRACKING_TOKEN": "tok-SECRET456",
     "HF_TOKEN": "hf_test_SECRET789",
 }
-SWEEP_TIMEOUT_S = 540
-UPLOAD_EXCLUDES = [
-    ".git",
-    ".venv",
-    "venv",
-    "sweep_results",
-    "ray_results",
-    "mlruns",
-    "mlartifacts",
-    "mlflow.db",
-    "outputs",
-    "**/__pycache__",
-]
-"""Never uploaded with a job's working directory (``.gitignore`` is honoured too)."""
-
-
-# ------------------------------------------------------------------------------------------------ sweeps
-
-
-def run_sweep(*args: str, cwd: Path, env: dict[str, str]) -> Finished:
-    """``python sweep/run.py ARGS`` from ``cwd``."""
-    return run(
-        [sys.executable, str(REPO_ROOT / RUN_SCRIPT), *args], cwd=cwd, env=env, timeout=SWEEP_TIMEOUT_S, linger_s=30
-    )
 
 
 # ------------------------------------------------------------------------------------------------ MLflow server
@@ -295,17 +258,13 @@ def mlflow_runs(divergent_sweep):
     parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == SWEEP_NAME and PARENT_TAG not in r.data.tags]
     assert len(parents) == 1, f"expected one parent run, got {[r.info.run_id for r in parents]}"
     parent = parents[0]
-    nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id and not _superseded(r)]
+    nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id and not superseded(r)]
     return client, parent, {r.data.tags[TRIAL_TAG]: r for r in nested}, runs
-
-
-def _superseded(run) -> bool:
-    return run.data.tags.get(SUPERSEDED_TAG) == "true"
 
 
 def test_mlflow_has_one_parent_and_one_nested_run_per_trial(divergent_sweep, mlflow_runs):
     _, parent, nested, runs = mlflow_runs
-    assert len([r for r in runs if not _superseded(r)]) == 1 + N_TRIALS
+    assert len([r for r in runs if not superseded(r)]) == 1 + N_TRIALS
     assert (
         parent.info.run_name
         == f"{SWEEP_NAME}: dpo, dlrml x beta_kl {STABLE_BETA:g}-{DIVERGENT_BETA:g} ({N_TRIALS} trials)"
@@ -378,276 +337,3 @@ def test_no_secret_from_the_environment_is_written_anywhere(divergent_sweep):
     assert leaks == []
     for value in FAKE_SECRETS.values():
         assert value not in sweep.proc.stdout + sweep.proc.stderr
-
-
-# ------------------------------------------------------------------------------------------------ a Ray cluster
-
-
-@dataclass
-class RayCluster:
-    """A head node started with ``ray start --head --block`` (token authentication, private temp dir)."""
-
-    gcs_address: str
-    dashboard_url: str
-    env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    tmp = Path(tempfile.mkdtemp(prefix="dlrml-cluster-", dir="/tmp"))
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    # Token authentication on for the cluster and for every client (the job CLI, the job's driver).
-    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    gcs_port, dashboard_port, *ports = (free_port() for _ in range(7))
-    log = tmp / "ray-start.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                *(str(BIN_DIR / "ray"), "start", "--head", "--block", "--disable-usage-stats"),
-                *(f"--port={gcs_port}", "--num-cpus=2", f"--temp-dir={tmp / 'ray'}"),
-                *("--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"),
-                f"--ray-client-server-port={ports[0]}",
-                f"--dashboard-agent-listen-port={ports[1]}",
-                f"--dashboard-agent-grpc-port={ports[2]}",
-                f"--runtime-env-agent-port={ports[3]}",
-                f"--metrics-export-port={ports[4]}",
-            ],
-            cwd=tmp,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
-    try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        wait_http(f"{cluster.dashboard_url}/api/version", process, log)
-        yield cluster
-    finally:
-        stop_group(process, env[MARK_VAR], grace_s=5)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_cluster, tmp_path):
-    results = tmp_path / "results"
-    proc = run_sweep(
-        *("--config", "smoke", "--address", ray_cluster.gcs_address, "--no-mlflow"),
-        *(f"storage_path={results}", "resources.use_gpu=true", "resources.gpus_per_worker=1"),
-        cwd=tmp_path,
-        env=ray_cluster.env,
-    )
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    error = proc.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: resources: one trial needs 1 GPU")
-    assert "the Ray cluster has 0 GPU" in error
-    assert "resources.autoscale" in error
-    output = proc.stdout + proc.stderr
-    assert RAY_STARTED not in output  # it joined the cluster at --address
-    # The driver announces the trials it schedules ("[sweep] smoke: 2 trials, ...", as in
-    # test_sweep_prints_its_summary) only after the resource check.
-    assert "Trial status" not in output and "[sweep] smoke:" not in output
-    assert not (results / "smoke").exists()
-
-
-def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
-    results = tmp_path / "results"  # absolute: the job's working directory is the uploaded package
-    submission_id = f"dlrml-test-{uuid.uuid4().hex[:8]}"
-    ray = str(BIN_DIR / "ray")
-    submit = run(
-        [
-            *(ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", submission_id),
-            *("--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES})),
-            *("--", "python", RUN_SCRIPT, "--config", "smoke", "--no-mlflow"),
-            *(f"storage_path={results}", "grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"),
-        ],
-        cwd=tmp_path,
-        env=ray_cluster.env,
-        timeout=SWEEP_TIMEOUT_S,
-    )
-    output = submit.stdout + submit.stderr
-    assert submit.returncode == 0, output[-5000:]
-    assert f"Job '{submission_id}' succeeded" in output
-    assert re.search(r"trials: 1 \(1 (stable|stalled|collapsed)\)", output), output[-3000:]
-    status = run(
-        [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
-        cwd=tmp_path,
-        env=ray_cluster.env,
-        timeout=120,
-    )
-    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
-    trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
-    assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
-    assert list(trials["steps"]) == [2]
-    assert (results / "smoke" / "map" / "stability_overview.png").is_file()
-
-
-@pytest.mark.parametrize(
-    "workers",
-    [[], ["resources.num_workers=2", "resources.cpus_per_worker=1"]],
-    ids=["in-process", "worker-group"],
-)
-def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path, workers):
-    """SIGKILL the process that trains one trial (its Tune trial process when it trains in process, its rank-0
-    Ray Train worker with two workers) by pid, twice: with ``resources.max_failures=1`` Tune restarts the trial
-    once, then records it ``errored`` with its error; the other trial completes, and MLflow agrees."""
-    results, name, db = tmp_path / "results", "killed-worker", tmp_path / "mlflow.db"
-    env = {**ray_cluster.env, MARK_VAR: uuid.uuid4().hex}
-    command = [
-        *(sys.executable, str(REPO_ROOT / RUN_SCRIPT), "--config", "smoke", "--name", name),
-        *("--address", ray_cluster.gcs_address, "--mlflow-uri", f"sqlite:///{db}", f"storage_path={results}"),
-        *("grid.losses=[dpo]", "grid.beta_kl=[0.1,0.2]", "grid.beta_mix=[]", "scheduler.asha=false"),
-        *("resources.max_failures=1", "resources.max_concurrent_trials=1", *workers),
-    ]
-    log = tmp_path / "sweep.log"
-    with log.open("w") as out:
-        sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        victim, killed = None, []
-        deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while len(killed) < 2:  # the first attempt, then its retry
-            assert sweep.poll() is None, f"the sweep ended before its worker was killed twice:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no worker to kill:\n{log.read_text()[-3000:]}"
-            for workers in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
-                if victim not in (None, workers.parent.name):
-                    continue
-                lines = [json.loads(line) for line in workers.read_text().splitlines() if line.strip()]
-                pids = [line["pid"] for line in lines if line["rank"] == 0 and line["pid"] not in killed]
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    victim = workers.parent.name
-                    killed.append(pids[0])
-            time.sleep(0.1)
-        assert sweep.wait(timeout=SWEEP_TIMEOUT_S) == 0, log.read_text()[-5000:]
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-        end_marked(env[MARK_VAR], 30)
-
-    trials = pd.read_csv(results / name / "map" / "trials.csv").set_index("trial_id")
-    assert len(trials) == 2
-    errored = trials.loc[victim]
-    assert (errored["status"], errored["attempts"]) == ("errored", 2)
-    assert "worker process has died" in errored["reason"]  # the error Ray gave for the SIGKILLed actor
-    others = trials.drop(index=victim)
-    assert [TrialStatus(s).trained_to_end for s in others["status"]] == [True] and list(others["attempts"]) == [1]
-    assert re.search(r"trials: 2 \(1 (collapsed|errored|stable|stalled), 1 (errored|stable|stalled)\)", log.read_text())
-    assert "1 errored" in log.read_text()
-
-    client = MlflowClient(f"sqlite:///{db}")
-    runs = client.search_runs([client.get_experiment_by_name("dlrml-sweep").experiment_id])
-    trial_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
-    nested = {r.data.tags[TRIAL_TAG]: r for r in trial_runs if not _superseded(r)}
-    assert set(nested) == set(trials.index) and len(nested) == len([r for r in trial_runs if not _superseded(r)])
-    # The victim's first attempt, if it had reported before its worker was killed, is a superseded run (ended
-    # KILLED); the retry's run is the trial's run. The other trial ran once: one run.
-    superseded = [r for r in trial_runs if _superseded(r)]
-    assert {r.data.tags[TRIAL_TAG] for r in superseded} <= {victim} and len(superseded) <= 1
-    assert all((r.info.status, r.data.tags[ATTEMPT_TAG]) == ("KILLED", "1") for r in superseded)
-    assert (nested[victim].info.status, nested[victim].data.tags["dlrml.status"]) == ("FAILED", "errored")
-    assert nested[victim].data.metrics["final/attempts"] == 2
-    assert all(r.info.status != "RUNNING" for r in runs)
-
-
-def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path, short_tmp):
-    """Two runs of one small sweep, one trial at a time and both at once: trial completion order and timing differ,
-    the verdicts must not (no ASHA in the smoke config; statuses are pure functions of each trial's own reports)."""
-    cells = {}
-    for concurrency in (1, 2):
-        results = tmp_path / f"c{concurrency}"
-        proc = run_sweep(
-            *("--config", "smoke", "--no-mlflow", f"storage_path={results}"),
-            *("grid.losses=[dlrml]", f"grid.beta_kl=[{STABLE_BETA},{DIVERGENT_BETA}]", "grid.beta_mix=[0.2]"),
-            *("train.learning_rate=1e-3", "train.max_steps=3", "train.eval_steps=3", "mt_bench.policy=none"),
-            f"resources.max_concurrent_trials={concurrency}",
-            cwd=tmp_path,
-            env=make_env(short_tmp / f"r{concurrency}"),
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        frame = pd.read_csv(results / "smoke" / "map" / "cells.csv")
-        columns = ["loss", "form", "beta_kl", "beta_mix", "verdict", "n_verdict"]
-        cells[concurrency] = frame[columns].fillna({"beta_mix": 0.0}).to_dict("records")  # NaN != NaN
-    assert cells[1] == cells[2]
-    assert {cell["n_verdict"] for cell in cells[1]} == {1}  # every cell determined
-
-
-def test_adaptive_sweep_measures_part_of_the_grid_and_labels_what_it_inferred(tmp_path, short_tmp):
-    """dLRML on a 1 x 3 beta_kl line, adaptive search starting from its two ends (coarse_points=2): both ends
-    diverge (beta_kl = 500) or not alike, so the middle is either bisected (measured) or inferred from two equal
-    neighbours, and every cell of the lattice is in cells.csv, each labelled measured or inferred."""
-    results = tmp_path / "results"
-    proc = run_sweep(
-        *("--config", "smoke", "--no-mlflow", f"storage_path={results}", "search=adaptive"),
-        *("grid.losses=[dlrml]", "grid.beta_kl=[400,450,500]", "grid.beta_mix=[0.2]", "grid.seeds=[0,1]"),
-        *("adaptive.coarse_points=2", "adaptive.max_seeds_per_cell=1", "train.learning_rate=1e-3"),
-        *("train.max_steps=3", "train.eval_steps=3", "train.divergence.grace_steps=1"),
-        cwd=tmp_path,
-        env=make_env(short_tmp),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    map_dir = results / "smoke" / "map"
-    trials, cells = pd.read_csv(map_dir / "trials.csv"), pd.read_csv(map_dir / "cells.csv")
-    assert set(cells["beta_kl"]) == {400.0, 450.0, 500.0}
-    measured = cells[~cells["inferred"].astype(bool)]
-    assert set(measured["beta_kl"]) == set(trials["beta_kl"]) and {400.0, 500.0} <= set(measured["beta_kl"])
-    assert len(trials) <= 3 and (trials["seed"] == 0).all()
-    for cell in cells[cells["inferred"].astype(bool)].itertuples():
-        assert cell.n_trials == 0 and isinstance(cell.assumption, str) and cell.assumption
-
-
-def _trial_reports(results: Path) -> list[dict]:
-    """Every report Tune recorded for the sweep's only trial (its ``result.json``, one JSON object a line)."""
-    (path,) = [p for p in results.rglob("result.json") if p.stat().st_size]
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.mark.distributed
-def test_two_worker_trial_reports_what_one_process_reports_on_the_same_global_batch(tmp_path, short_tmp):
-    """One dLRML trial of a sweep through Ray Train's TorchTrainer on 2 gloo workers x 2 pairs, against the same
-    trial run in this process on 1 x 4 pairs.
-
-    The per-step metrics Tune receives (rank 0's, gathered over ranks by the trainer), the held-out evaluation and
-    the verdict must agree to float tolerance: nothing in the sweep path may depend on how the global batch is split.
-    """
-    overrides = [
-        *("grid.losses=[dlrml]", "grid.beta_kl=[0.1]", "grid.beta_mix=[0.2]", "train.learning_rate=1e-3"),
-        *("train.max_steps=3", "train.eval_steps=3"),
-    ]
-    results = tmp_path / "two_workers"
-    proc = run_sweep(
-        *("--config", "smoke", "--no-mlflow", f"storage_path={results}", *overrides),
-        *("train.per_device_batch_size=2", "resources.num_workers=2", "resources.cpus_per_worker=1"),
-        cwd=tmp_path,
-        env=make_env(short_tmp),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = _trial_reports(results)
-    (status,) = pd.read_csv(results / "smoke" / "map" / "trials.csv")["status"].tolist()
-
-    config = load_sweep_config("smoke", [*overrides, "train.per_device_batch_size=4"])
-    (loss,) = config.grid.trials()
-    train = dataclasses.replace(config.train, seed=config.grid.seeds[0], output_dir=str(tmp_path / "one"))
-    single = run_trial(train, loss)
-    assert status == str(single.status)
-
-    by_step = {
-        ReportType.TRAIN: {r["step"]: r for r in single.history if "loss" in r},
-        ReportType.EVAL: {r["step"]: r for r in single.history if HELD_OUT_ACCURACY in r},
-    }
-    compared = 0
-    for report in reports:
-        kind = report.get(ReportKey.REPORT_TYPE)
-        if kind not in by_step:
-            continue
-        theirs = by_step[kind].pop(report[ReportKey.STEP])
-        metrics = [k for k in theirs if "/" in k or k in ("loss", "grad_norm", "eval_loss")]
-        for key in (k for k in metrics if not any(t in k for t in ("runtime", "per_second"))):
-            assert report[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (report["step"], key)
-            compared += 1
-    assert by_step == {ReportType.TRAIN: {}, ReportType.EVAL: {}}, "steps one side reported and the other did not"
-    assert compared > 30

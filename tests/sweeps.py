@@ -1,0 +1,108 @@
+"""What the end-to-end sweep tests share: running ``sweep/run.py`` as a user does, and a real Ray cluster started with
+``ray start --head`` (token authentication on, its own temp dir).
+
+The sweep tests are in three files (``test_sweep.py``, ``test_sweep_cluster.py``, ``test_sweep_maps.py``) so that the
+suite's two processes (pytest-xdist, one file at a time) share them out.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sweep.tracking import SUPERSEDED_TAG
+from tests.procs import BIN_DIR, MARK_VAR, Finished, free_port, make_env, run, stop_group, wait_http
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_SCRIPT = "sweep/run.py"
+RAY_STARTED = "Started a local Ray instance"
+
+SWEEP_TIMEOUT_S = 540
+UPLOAD_EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "sweep_results",
+    "ray_results",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "outputs",
+    "**/__pycache__",
+]
+"""Never uploaded with a job's working directory (``.gitignore`` is honoured too)."""
+
+
+STABLE_BETA, DIVERGENT_BETA = 0.1, 500.0
+
+
+def run_sweep(*args: str, cwd: Path, env: dict[str, str]) -> Finished:
+    """``python sweep/run.py ARGS`` from ``cwd``."""
+    return run(
+        [sys.executable, str(REPO_ROOT / RUN_SCRIPT), *args], cwd=cwd, env=env, timeout=SWEEP_TIMEOUT_S, linger_s=30
+    )
+
+
+def superseded(run) -> bool:
+    """Whether an MLflow trial run was superseded by a later attempt of its trial."""
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
+
+
+@dataclass
+class RayCluster:
+    """A head node started with ``ray start --head --block`` (token authentication, private temp dir)."""
+
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]
+
+
+def start_ray_head() -> Iterator[RayCluster]:
+    """Start a Ray head node, yield it, and end every process it started (the ``ray_cluster`` fixture)."""
+    tmp = Path(tempfile.mkdtemp(prefix="dlrml-cluster-", dir="/tmp"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    # Token authentication on for the cluster and for every client (the job CLI, the job's driver).
+    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    gcs_port, dashboard_port, *ports = (free_port() for _ in range(7))
+    log = tmp / "ray-start.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                *(str(BIN_DIR / "ray"), "start", "--head", "--block", "--disable-usage-stats"),
+                *(f"--port={gcs_port}", "--num-cpus=2", f"--temp-dir={tmp / 'ray'}"),
+                *("--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"),
+                f"--ray-client-server-port={ports[0]}",
+                f"--dashboard-agent-listen-port={ports[1]}",
+                f"--dashboard-agent-grpc-port={ports[2]}",
+                f"--runtime-env-agent-port={ports[3]}",
+                f"--metrics-export-port={ports[4]}",
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        wait_http(f"{cluster.dashboard_url}/api/version", process, log)
+        yield cluster
+    finally:
+        stop_group(process, env[MARK_VAR], grace_s=5)
+        shutil.rmtree(tmp, ignore_errors=True)
