@@ -22,7 +22,7 @@ from sweep.config import SweepConfig, to_dict
 from sweep.evaluation_tasks import EVALUATION_FAILED
 from sweep.mlflow_records import describe_grid, finish_tracker, parent_run_name, trial_params
 from sweep.mt_bench_scoring import finish_mt_bench, question_scores, start_mt_bench
-from sweep.preflight import SweepInputError, check_generation_backends, check_mt_bench
+from sweep.preflight import SweepInputError, check_generation_backends, check_mt_bench, check_vllm_on_gpu_nodes
 from sweep.ray_cluster import init_ray, joins_cluster
 from sweep.reference_pass import reference_in_driver, shared_reference
 from sweep.stability import StabilityMap, format_cells_table, write_stability_map
@@ -235,6 +235,7 @@ class SweepDriver:
             early = pool.submit(shared_reference, config, self.data, self.storage_path, True) if in_driver else None
             init_ray(self.address)
             check_shared_storage(self.storage_path)
+            check_vllm_on_gpu_nodes(config)
             concurrency = self._max_concurrent(ray.cluster_resources())
             reference = early.result() if early else None
         experiment_dir = Path(self.storage_path) / config.name

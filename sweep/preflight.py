@@ -57,21 +57,64 @@ def check_generation_backends(config: SweepConfig, *, local: bool) -> None:
     Args:
         config: The sweep config (``resources.use_gpu`` with vLLM is already a config rule).
         local: Whether the generation tasks run on this machine (a local Ray instance). On a cluster they run on the
-            GPU workers, whose image is not the driver's (the head runs the CPU image, ``cluster/README.md``): there a
-            missing vLLM fails the generation task with the same message, recorded on the trial.
+            GPU workers, whose image is not the driver's (the head runs the CPU image, ``cluster/README.md``): there
+            :func:`check_vllm_on_gpu_nodes` asks the GPU nodes once the driver has joined.
 
     Raises:
         SweepInputError: Naming ``<section>.eval.generation_backend`` and ``pip install '.[vllm]'``.
     """
     if not local:
         return
-    for section in ("mt_bench", "alpaca_eval"):
-        scoring = getattr(config, section)
-        if scoring.policy != "none" and scoring.eval.generation_backend == "vllm":
-            try:
-                require_vllm(f"{section}.eval.generation_backend")
-            except VLLMUnavailableError as err:
-                raise SweepInputError(str(err)) from None
+    for section in _vllm_sections(config):
+        try:
+            require_vllm(f"{section}.eval.generation_backend")
+        except VLLMUnavailableError as err:
+            raise SweepInputError(str(err)) from None
+
+
+def _vllm_sections(config: SweepConfig) -> list[str]:
+    """The evaluations that will generate with vLLM (they select trials and name the vllm backend)."""
+    return [
+        section
+        for section in ("mt_bench", "alpaca_eval")
+        if getattr(config, section).policy != "none" and getattr(config, section).eval.generation_backend == "vllm"
+    ]
+
+
+def _vllm_missing(node_id: str) -> bool:
+    """On one node: whether vLLM cannot be imported there."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is None
+
+
+def check_vllm_on_gpu_nodes(config: SweepConfig) -> int:
+    """After joining the Ray cluster: vLLM must be installed on every alive GPU node, where generation tasks run.
+
+    The driver's own environment says nothing about the GPU workers' image (the head runs the CPU image), so without
+    this a GPU image built without the extra would fail every generation task after hours of training. GPU nodes an
+    autoscaler starts later are not checked here; their generation tasks fail with the same message, recorded on the
+    trials.
+
+    Returns:
+        The number of GPU nodes checked (0 when no evaluation uses vLLM, or no GPU node is up yet).
+
+    Raises:
+        SweepInputError: Naming the config field, each GPU node without vLLM, and how to build the image.
+    """
+    from sweep.node_tasks import NODE_TASK_TIMEOUT_S, alive_nodes, on_each_node
+
+    sections = _vllm_sections(config)
+    nodes = alive_nodes(with_gpus=True) if sections else {}
+    absent = on_each_node(_vllm_missing, nodes, timeout_s=NODE_TASK_TIMEOUT_S)
+    missing = [node_id for node_id, lacks_vllm in absent.items() if lacks_vllm]
+    if missing:
+        where = ", ".join(f"{node_id[:12]} ({nodes[node_id]})" for node_id in missing)
+        raise SweepInputError(
+            f"{sections[0]}.eval.generation_backend=vllm, but vLLM is not installed on GPU node(s) {where}: build the "
+            "GPU image with --build-arg INSTALL_VLLM=1 (docker/Dockerfile), or use generation_backend=hf"
+        )
+    return len(nodes)
 
 
 def _check_openai_judge(cfg: EvalConfig) -> None:

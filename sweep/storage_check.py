@@ -17,14 +17,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from sweep.node_tasks import NODE_TASK_TIMEOUT_S, alive_nodes, on_each_node
 from sweep.preflight import SweepInputError
 
 PROBE_PREFIX = ".dlrml-storage-check-"
 """Name prefix of the token files the check writes (and removes) directly under the storage path."""
 SWEEP_TOKEN_FILE = ".dlrml-storage-token"
 """The token file :func:`mark_sweep_storage` leaves in the experiment directory for the trials to find."""
-CHECK_TIMEOUT_S = 300.0
-"""How long the per-node tasks may take (a busy node may need to start a worker process first)."""
 
 
 class StorageNotSharedError(SweepInputError):
@@ -50,7 +49,7 @@ def _probe_node(path: str, token: str, node_id: str) -> str | None:
     return None
 
 
-def check_shared_storage(storage_path: str, timeout_s: float = CHECK_TIMEOUT_S) -> int:
+def check_shared_storage(storage_path: str, timeout_s: float = NODE_TASK_TIMEOUT_S) -> int:
     """Check that ``storage_path`` is the same, writable directory on every alive Ray node.
 
     Args:
@@ -63,24 +62,14 @@ def check_shared_storage(storage_path: str, timeout_s: float = CHECK_TIMEOUT_S) 
     Raises:
         StorageNotSharedError: Naming each node (id and address) whose view differs and what it saw.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     root = Path(storage_path)
     root.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     probe = root / f"{PROBE_PREFIX}{token}"
     probe.write_text(token)
-    nodes = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
-    task = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
+    nodes = alive_nodes()
     try:
-        refs = {
-            node_id: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
-                str(probe), token, node_id
-            )
-            for node_id in nodes
-        }
-        seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s), strict=True))
+        seen = on_each_node(_probe_node, nodes, str(probe), token, timeout_s=timeout_s)
         for node_id, problem in seen.items():
             answer = Path(f"{probe}.{node_id}")
             if problem is None and not (answer.is_file() and answer.read_text() == token):

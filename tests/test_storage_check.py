@@ -1,10 +1,13 @@
-"""Shared storage on the local Ray cluster (one node) and the driver's reason for a policy it cannot find.
+"""Node checks on the local Ray cluster (shared storage, vLLM on GPU nodes) and the driver's reason for a policy it
+cannot find.
 
 The multi-node cases (a node with its own directory at the storage path) are in ``tests/test_multinode.py``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import sys
 
@@ -22,19 +25,36 @@ from sweep.storage_check import (
 from tests.procs import make_env, run
 
 
-def test_local_cluster_storage_passes_and_is_left_clean(tmp_path, short_tmp):
-    """The check as the driver runs it, on a fresh local Ray instance: one node, its own disk is shared."""
+def test_node_checks_on_a_local_cluster(tmp_path, short_tmp):
+    """The checks as the driver runs them, on a fresh local Ray instance whose one node declares a GPU: its own disk
+    is shared storage (checked, nothing left behind); vLLM generation is refused there, since vLLM is not installed
+    on it (this machine), naming the field and the node; the hf backend asks no node anything."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the refusal cannot be observed")
     storage = tmp_path / "storage"
+    vllm = ["resources.use_gpu=true", "mt_bench.policy=all", "mt_bench.eval.generation_backend=vllm"]
     code = (
         "import json, ray\n"
+        "from sweep.config import load_sweep_config\n"
+        "from sweep.preflight import SweepInputError, check_vllm_on_gpu_nodes\n"
         "from sweep.storage_check import check_shared_storage\n"
-        "ray.init(num_cpus=1, include_dashboard=False)\n"
-        f"print(json.dumps(check_shared_storage({str(storage)!r})))\n"
+        "ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)\n"
+        f"nodes = check_shared_storage({str(storage)!r})\n"
+        "checked = check_vllm_on_gpu_nodes(load_sweep_config('smoke', ['resources.use_gpu=true']))\n"
+        "try:\n"
+        f"    check_vllm_on_gpu_nodes(load_sweep_config('smoke', {vllm!r}))\n"
+        "    error = None\n"
+        "except SweepInputError as err:\n"
+        "    error = str(err)\n"
+        "print(json.dumps([nodes, checked, error, ray.get_runtime_context().get_node_id()]))\n"
     )
     done = run([sys.executable, "-c", code], cwd=tmp_path, env=make_env(short_tmp), timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert done.stdout.strip().splitlines()[-1] == "1"
+    nodes, checked, error, node_id = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (nodes, checked) == (1, 0)
     assert storage.is_dir() and not list(storage.glob(f"{PROBE_PREFIX}*"))
+    assert error is not None and error.startswith("mt_bench.eval.generation_backend=vllm, but vLLM is not installed")
+    assert node_id[:12] in error and "INSTALL_VLLM=1" in error
 
 
 def test_storage_error_is_a_sweep_input_error():
