@@ -24,10 +24,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with slow tests first: the two test processes start the long sweeps early and share the short files out
-    at the end, instead of one of them running a long sweep alone at the end."""
+    """Files of long tests (whole sweeps) first, then files of slow ones: the two test processes start the longest
+    work early and share the short files out at the end, instead of one of them running a sweep alone at the end."""
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(key=lambda item: (item.path not in long_files, item.path not in slow_files))
 
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"

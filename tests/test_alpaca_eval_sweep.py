@@ -26,7 +26,7 @@ from sweep.tracking import SELECTED_TAG
 from tests.procs import make_env, run
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_sweep_scores_its_trial_on_mt_bench_and_against_the_reference_policy(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, TR
 from tests.procs import MARK_VAR, end_marked, make_env, run
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def _sweep_cmd(storage: Path, db: Path) -> list[str]:

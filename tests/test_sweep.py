@@ -37,7 +37,7 @@ from trainers.protocol import TrialStatus
 
 VERDICT_REASONS = {"no_learning", "likelihood_collapse", "accuracy_below_chance", "accuracy_back_to_chance"}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 MAX_STEPS = 5

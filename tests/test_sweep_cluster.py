@@ -37,7 +37,7 @@ from tests.sweeps import (
 )
 from trainers.protocol import TrialStatus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_cluster, tmp_path):

@@ -15,7 +15,7 @@ from tests.sweeps import DIVERGENT_BETA, STABLE_BETA, run_sweep
 from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType
 from trainers.trial_runner import run_trial
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path, short_tmp):
