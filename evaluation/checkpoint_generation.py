@@ -14,7 +14,7 @@ from pathlib import Path
 from evaluation.alpaca_eval import AlpacaEvalData, load_alpaca_eval_data, write_outputs_with
 from evaluation.alpaca_eval_config import AlpacaEvalConfig
 from evaluation.config import EvalConfig
-from evaluation.generation import ChatGenerator, hf_generator, inference_mode
+from evaluation.generation import ChatGenerator, hf_generator
 from evaluation.mt_bench import MTBenchData, load_mt_bench_data, write_answers_with
 from evaluation.vllm_generation import vllm_generator
 
@@ -58,10 +58,10 @@ def open_generator(
     device = device or ("cuda" if torch.cuda.is_available() else None)
     if device is not None:
         policy = policy.to(device)
-    with inference_mode(policy, seed=seed):
-        yield hf_generator(
-            policy, load_tokenizer(model), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
-        )
+    tokenizer = load_tokenizer(model)
+    budget = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.generation_batch_size}
+    with hf_generator(policy, tokenizer, **budget, seed=seed) as generate:
+        yield generate
 
 
 def write_mt_bench_answers(

@@ -216,10 +216,17 @@ def category_temperature(category: str) -> float:
     return TEMPERATURE_CONFIG.get(category, DEFAULT_TEMPERATURE)
 
 
+@contextlib.contextmanager
 def hf_generator(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int, batch_size: int
-) -> ChatGenerator:
-    """:func:`chat_generate` as a :data:`ChatGenerator` (call it inside :func:`inference_mode`)."""
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int | None = None,
+) -> Iterator[ChatGenerator]:
+    """:func:`chat_generate` as a :data:`ChatGenerator`, with ``model`` in :func:`inference_mode` (under ``seed``)
+    for the duration of the block."""
 
     def generate(conversations: Sequence[Sequence[Message]], temperature: float) -> list[str]:
         return chat_generate(
@@ -231,7 +238,8 @@ def hf_generator(
             batch_size=batch_size,
         )
 
-    return generate
+    with inference_mode(model, seed=seed):
+        yield generate
 
 
 def generate_answers(
@@ -258,8 +266,7 @@ def generate_answers(
     Returns:
         FastChat ``model_answer`` rows, see :func:`answer_questions`.
     """
-    with inference_mode(model, seed=seed):
-        generate = hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed) as generate:
         return answer_questions(generate, questions, model_id)
 
 

@@ -201,8 +201,11 @@ def tune_trial(config: dict[str, Any]) -> None:
     resources = config["resources"]
     train = {**config["train"], "seed": trial["seed"]}
     train["output_dir"] = str(trial_output_dir(config["storage_path"], config["experiment"], context.get_trial_id()))
-    storage = {"storage_path": config["storage_path"], "experiment": config["experiment"]}
-    storage["token"] = config.get("storage_token")
+    storage = {
+        "storage_path": config["storage_path"],
+        "experiment": config["experiment"],
+        "token": config.get("storage_token"),
+    }
     loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference"), "storage": storage}
     if trains_in_process(resources["num_workers"], train.get("deepspeed")):
         _log_worker(Path(train["output_dir"]), rank=0)

@@ -43,7 +43,7 @@ from evaluation.alpaca_eval_data import (
 )
 from evaluation.alpaca_eval_judge import PairJudge, build_pair_judge, render_pair_prompt
 from evaluation.alpaca_eval_metrics import alpaca_metrics
-from evaluation.generation import ChatGenerator, hf_generator, inference_mode
+from evaluation.generation import ChatGenerator, hf_generator
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,7 @@ def generate_outputs(
     batch_size: int,
 ) -> list[ModelOutput]:
     """:func:`answer_instructions` with a loaded transformers model (the ``hf`` backend)."""
-    with inference_mode(model):
-        generate = hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with hf_generator(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size) as generate:
         return answer_instructions(generate, instructions, generator)
 
 
@@ -159,10 +158,9 @@ def write_outputs(
 ) -> Path:
     """Generate the outputs of a loaded ``model`` and write ``<out_dir>/model_outputs.json``; a sweep runs
     :func:`evaluation.checkpoint_generation.write_alpaca_outputs`, which picks the backend. Returns the file."""
-    with inference_mode(model):
-        generate = hf_generator(
-            model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
-        )
+    with hf_generator(
+        model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
+    ) as generate:
         return write_outputs_with(generate, cfg, out_dir, generator, data=data)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluation.config import EvalConfig
-from evaluation.generation import ChatGenerator, answer_questions, hf_generator, inference_mode
+from evaluation.generation import ChatGenerator, answer_questions, hf_generator
 from evaluation.judges import Judge, OpenAIJudge, build_judge
 from evaluation.mt_bench_data import (
     Question,
@@ -300,10 +300,9 @@ def write_answers(
     Returns:
         The answers file.
     """
-    with inference_mode(model, seed=cfg.seed):
-        generate = hf_generator(
-            model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size
-        )
+    with hf_generator(
+        model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size, seed=cfg.seed
+    ) as generate:
         return write_answers_with(generate, cfg, out_dir, model_id, data=data)
 
 
