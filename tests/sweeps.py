@@ -64,6 +64,30 @@ class RayCluster:
     gcs_address: str
     dashboard_url: str
     env: dict[str, str]
+    temp_dir: Path
+
+    def diagnostics(self) -> str:
+        """Where a trial waits, for a test's failure message: ``ray status`` (resources in use, pending placement
+        groups), the live actors, and the ends of the newest Ray Train logs and of the raylet's log."""
+        ray = str(BIN_DIR / "ray")
+        parts = []
+        for command in (
+            [ray, "status", "--address", self.gcs_address, "-v"],
+            [ray, "list", "actors", "--address", self.gcs_address, "--filter", "state!=DEAD", "--limit", "50"],
+            [ray, "list", "placement-groups", "--address", self.gcs_address, "--limit", "50"],
+        ):
+            try:
+                done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+                parts.append(f"$ {' '.join(command[1:3])}\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
+            except subprocess.TimeoutExpired:
+                parts.append(f"$ {' '.join(command[1:3])}: no answer in 60 s")
+        logs = self.temp_dir / "ray" / "session_latest" / "logs"
+        newest = sorted((logs / "train").glob("*.log"), key=lambda path: path.stat().st_mtime)[-3:]
+        for path in [*newest, logs / "raylet.out"]:
+            if path.is_file():
+                lines = [line for line in path.read_text(errors="replace").splitlines() if "[state-dump]" not in line]
+                parts.append(f"--- {path.name} (end)\n" + "\n".join(lines[-25:]))
+        return "\n".join(parts)
 
 
 def start_ray_head() -> Iterator[RayCluster]:
@@ -94,7 +118,7 @@ def start_ray_head() -> Iterator[RayCluster]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env, tmp)
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in log.read_text():
