@@ -330,6 +330,7 @@ class SweepDriver:
         from sweep.progress import TrialProgress
         from sweep.ray_trial import trial_resources, tune_trial
         from sweep.stoppers import DivergenceStopper
+        from sweep.tune_snapshot import align_grid_searcher
 
         config = self.config
         trainable = tune.with_resources(tune_trial, trial_resources(config.resources, config.train.deepspeed))
@@ -350,6 +351,8 @@ class SweepDriver:
                     "it, or --name to start a new one"
                 )
             print(f"[sweep] resuming {config.name} from {experiment_dir}")
+            if config.search == "grid" and (alignment := align_grid_searcher(experiment_dir)):
+                print(f"[sweep] {alignment.describe()}")
             return tune.Tuner.restore(
                 str(experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
             )

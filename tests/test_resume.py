@@ -1,6 +1,7 @@
 """Driver restart: a sweep whose driver is SIGKILLed mid-run continues from Ray Tune's experiment state, keeping
-finished trials, and MLflow ends with exactly one closed, current (not superseded) nested run per trial holding one
-point per step; the attempts the kill interrupted are kept as superseded runs."""
+the trials it lists as finished (a snapshot the kill cut is aligned first: sweep.tune_snapshot), and MLflow ends with
+exactly one closed, current (not superseded) nested run per trial holding one point per step; the attempts the kill
+interrupted are kept as superseded runs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.tracking import ATTEMPT_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, TRIAL_TAG
+from sweep.tune_snapshot import listed_trials
 from tests.procs import MARK_VAR, end_marked, make_env, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,8 +68,10 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path, short_
     end_marked(env[MARK_VAR], 0)  # ...and the local Ray instance it started, as a preempted node loses both
     first.wait(timeout=60)
     log.close()
-    finished_before = _finished_trials(experiment)
-    assert finished_before < 4
+    assert _finished_trials(experiment) < 4
+    # What the resume starts from: Tune's trial list. A trial that finished after it was last copied to the
+    # experiment directory is not in it and runs again (sweep.tune_snapshot); the listed finished ones do not.
+    finished_before = sum(status == "TERMINATED" for status in listed_trials(experiment).values())
 
     second = run(_sweep_cmd(storage, db), cwd=tmp_path, env=env, timeout=600, linger_s=30)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -99,5 +103,5 @@ def test_sigkilled_driver_resumes_without_losing_or_duplicating(tmp_path, short_
     for r in superseded:  # an interrupted attempt: ended KILLED, followed by a later attempt of the same trial
         assert r.info.status == "KILLED" and r.info.end_time is not None
         assert int(r.data.tags[ATTEMPT_TAG]) < current[r.data.tags[TRIAL_TAG]]
-    # Only an attempt the kill interrupted after it had reported is superseded; finished trials are not started again.
+    # Only an attempt that had reported and was not listed finished is superseded; listed finished trials never restart.
     assert len(superseded) <= 4 - finished_before
