@@ -95,7 +95,9 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize(
     "workers",
-    [[], ["resources.num_workers=2", "resources.cpus_per_worker=1"]],
+    # Ray Train's own placement patience (60 s) on this fixed local cluster: a worker group that cannot get its CPUs
+    # in time is started again by its controller instead of waiting the default 900 s meant for autoscaled nodes.
+    [[], ["resources.num_workers=2", "resources.cpus_per_worker=1", "resources.placement_timeout_s=60"]],
     ids=["in-process", "worker-group"],
 )
 def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path, workers):
