@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -31,20 +32,37 @@ def joins_cluster(address: str | None) -> bool:
     return ray.is_initialized() or canonicalize_bootstrap_address(address) is not None
 
 
+def _address_env(gcs_address: str | None) -> dict[str, dict[str, str]] | None:
+    """The runtime env that tells every worker of the sweep its cluster's address (see :func:`init_ray`), unless a
+    job submitted with ``ray job submit`` sets ``RAY_ADDRESS`` itself (``ray.init`` refuses a key set twice)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if gcs_address is None:
+        return None
+    job_config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    if "RAY_ADDRESS" in ((job_config.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {"RAY_ADDRESS": gcs_address}}
+
+
 def init_ray(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (else ``RAY_ADDRESS`` or the one ``ray start`` recorded), or start one.
 
-    A local instance gets a GCS port chosen here, and every worker is told its address through ``RAY_ADDRESS``:
-    Ray Train's placement-group cleaner finds its cluster by auto-detection, which fails as soon as another Ray
-    instance runs on the machine; it then never frees the placement group of a trial that Tune stopped (pruned or
-    diverged), and later trials wait forever for those CPUs.
+    A local instance gets a GCS port chosen here. Either way every worker is told the cluster's address through
+    ``RAY_ADDRESS``: Ray Train's placement-group cleaner (a detached actor per trial) asks the state API whether its
+    trial's controller is alive, and without an address the state API auto-detects a cluster, which fails or finds
+    another one as soon as a second Ray instance runs on the machine. The cleaner then exits at once and never frees
+    the placement group of a trial whose controller died (a killed worker, a trial Tune stopped); later trials wait
+    for those CPUs until their placement patience runs out.
     """
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     # Workers' output (library warnings, progress bars of every trial) stays in the logs on disk: the driver prints
     # one line per trial event instead (sweep.progress).
     if joins_cluster(address):
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        runtime_env = None if ray.is_initialized() else _address_env(canonicalize_bootstrap_address(address))
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
         print(f"[sweep] worker logs: {WORKER_LOGS_ON_CLUSTER}")
         return
     with socket.socket() as sock:

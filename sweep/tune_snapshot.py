@@ -37,9 +37,11 @@ class Alignment:
 
     def describe(self) -> str:
         """One line for the sweep's output."""
+        running = ", ".join(sorted(self.running_before)) or "none"
         return (
-            f"Tune's snapshot was cut by the kill (its searcher had proposed {self.proposed_before} trials, its trial "
-            f"list holds {self.proposed_after}); the grid resumes after the {self.proposed_after} listed trials"
+            f"Tune's snapshot was cut by the kill (its searcher had proposed {self.proposed_before} trials with "
+            f"{running} running, its trial list holds {self.proposed_after}); the grid resumes after the "
+            f"{self.proposed_after} listed trials"
         )
 
 

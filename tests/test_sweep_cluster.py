@@ -33,6 +33,7 @@ from tests.sweeps import (
     SWEEP_TIMEOUT_S,
     UPLOAD_EXCLUDES,
     run_sweep,
+    start_ray_head,
     superseded,
 )
 from trainers.protocol import TrialStatus
@@ -91,6 +92,54 @@ def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
     assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
     assert list(trials["steps"]) == [2]
     assert (results / "smoke" / "map" / "stability_overview.png").is_file()
+
+
+PROBE = """
+import json, os, sys
+import ray
+from ray.util.state import get_actor
+from sweep.ray_cluster import init_ray
+
+init_ray(sys.argv[1])
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def look(self):
+        try:
+            state = get_actor(ray.get_runtime_context().get_actor_id(), timeout=30)
+            found = state is not None and state.state == "ALIVE"
+        except Exception as error:  # what the state API says when it cannot tell which cluster
+            found = repr(error)
+        return os.environ.get("RAY_ADDRESS"), found
+
+probe = Probe.options(lifetime="detached").remote()  # like Ray Train's placement-group cleaner
+print(json.dumps(ray.get(probe.look.remote())))
+ray.kill(probe)
+"""
+
+
+def test_a_detached_actor_of_a_sweep_that_joined_a_cluster_finds_it_beside_another_ray_instance(ray_cluster, tmp_path):
+    """Ray Train's placement-group cleaner (a detached actor) asks the state API whether its trial's controller lives;
+    without ``RAY_ADDRESS`` the state API auto-detects a cluster. A sweep that joins a cluster tells every worker, a
+    detached one included, the cluster's address (``sweep.ray_cluster.init_ray``), and the actor finds itself through
+    the state API while a second Ray instance runs on the machine (as beside a test process running a local sweep)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    other = start_ray_head()
+    next(other)
+    try:
+        done = run(
+            [sys.executable, "-c", PROBE, ray_cluster.gcs_address],
+            cwd=tmp_path,
+            env={**ray_cluster.env, "PYTHONPATH": str(REPO_ROOT)},
+            timeout=180,
+        )
+    finally:
+        other.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    address, found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert address == canonicalize_bootstrap_address(ray_cluster.gcs_address)
+    assert found is True
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ def test_a_cut_snapshot_is_aligned_and_the_resumed_grid_runs_every_entry(tmp_pat
     lines = resumed.stdout.splitlines()
     aligned = next(json.loads(line) for line in lines if line.startswith('{"aligned"'))
     results = json.loads(lines[-1])
-    assert "proposed 4 trials, its trial list holds 1" in aligned["aligned"]
+    assert f"proposed 4 trials with {last} running, its trial list holds 1" in aligned["aligned"]
     assert [i for i, _ in results] == GRID  # every grid entry, each once
     assert [trial_id for _, trial_id in results] == [trial_id for _, trial_id in ran]  # under the same trial ids
     assert last in {trial_id for _, trial_id in results}
