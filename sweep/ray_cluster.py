@@ -50,10 +50,10 @@ def init_ray(address: str | None) -> None:
 
     A local instance gets a GCS port chosen here. Either way every worker is told the cluster's address through
     ``RAY_ADDRESS``: Ray Train's placement-group cleaner (a detached actor per trial) asks the state API whether its
-    trial's controller is alive, and without an address the state API auto-detects a cluster, which fails or finds
-    another one as soon as a second Ray instance runs on the machine. The cleaner then exits at once and never frees
-    the placement group of a trial whose controller died (a killed worker, a trial Tune stopped); later trials wait
-    for those CPUs until their placement patience runs out.
+    trial's controller is alive, and without an address the state API auto-detects a cluster, which can fail or find
+    another one when a second Ray instance runs on the machine. A cleaner that cannot see its controller exits, and
+    the placement group of a trial whose controller died (a killed worker, a trial Tune stopped) is then never freed:
+    later trials wait for those CPUs until their placement patience runs out.
     """
     import ray
     from ray._private.services import canonicalize_bootstrap_address
