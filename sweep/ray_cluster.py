@@ -71,7 +71,7 @@ def init_ray(address: str | None) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local head node when it starts its GCS
     try:
         gcs_address = f"{ray.util.get_node_ip_address()}:{port}"
-        context = ray.init(log_to_driver=False, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
+        context = ray.init(log_to_driver=False, runtime_env=_address_env(gcs_address))
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
     print(f"[sweep] worker logs: {Path(context.address_info['session_dir']) / 'logs'}")

@@ -27,13 +27,12 @@ FINISHED = frozenset({"TERMINATED", "ERROR"})
 
 @dataclass(frozen=True)
 class Alignment:
-    """What :func:`align_grid_searcher` changed: the searcher's next grid index and running trials, before and
-    after."""
+    """What :func:`align_grid_searcher` changed: how many trials the searcher had proposed (and which it counted
+    as running), and how many the trial list holds."""
 
     proposed_before: int
     proposed_after: int
     running_before: frozenset[str]
-    running_after: frozenset[str]
 
     def describe(self) -> str:
         """One line for the sweep's output."""
@@ -89,7 +88,7 @@ def align_grid_searcher(experiment_dir: Path) -> Alignment | None:
     running = frozenset(trial_id for trial_id, status in statuses.items() if status not in FINISHED)
     if grid.counter == len(listed) and state["_live_trials"] == running:
         return None
-    alignment = Alignment(grid.counter, len(listed), frozenset(state["_live_trials"]), running)
+    alignment = Alignment(grid.counter, len(listed), frozenset(state["_live_trials"]))
     # The grid is the same list of variants every time (no random sampling): the next one is the list's length.
     variants = list(
         generate_variants(

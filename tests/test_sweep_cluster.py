@@ -131,7 +131,7 @@ def test_a_detached_actor_of_a_sweep_that_joined_a_cluster_finds_it_beside_anoth
         done = run(
             [sys.executable, "-c", PROBE, ray_cluster.gcs_address],
             cwd=tmp_path,
-            env={**ray_cluster.env, "PYTHONPATH": str(REPO_ROOT)},
+            env=ray_cluster.env,
             timeout=180,
         )
     finally:
