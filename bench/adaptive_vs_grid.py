@@ -6,8 +6,8 @@ beta_kl and stalls at the largest, with per-seed Gaussian noise (seeded from the
 boundary have seeds that disagree. A diverged trial stops early (the deeper past the line, the earlier); every
 other trial runs all its steps. No model is trained: the whole benchmark takes seconds.
 
-Both runs go through the real map code: trial rows -> :func:`sweep.stability_cells.aggregate_cells`; the adaptive
-one adds :func:`sweep.adaptive_infer.with_inferred`. Reported: the fraction of lattice cells whose adaptive verdict
+Both runs go through the real map code: trial rows -> :func:`sweep.stability.cells.aggregate_cells`; the adaptive
+one adds :func:`sweep.search.infer.with_inferred`. Reported: the fraction of lattice cells whose adaptive verdict
 (measured or inferred; ``unmeasured`` counts as a disagreement) equals the full grid's, and the fraction of the
 grid's trial-steps (and trials) the adaptive run used, for a few adaptive settings; each is repeated on four other
 noise realisations of the stand-in. Writes ``bench/results/adaptive_vs_grid.json``.
@@ -31,10 +31,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sweep.adaptive import AdaptivePlanner, TrialSpec, lattices  # noqa: E402
-from sweep.adaptive_infer import UNMEASURED, with_inferred  # noqa: E402
 from sweep.config import AdaptiveConfig, GridConfig  # noqa: E402
-from sweep.stability_cells import aggregate_cells  # noqa: E402
+from sweep.search.infer import UNMEASURED, with_inferred  # noqa: E402
+from sweep.search.lattice import AdaptivePlanner, TrialSpec, lattices  # noqa: E402
+from sweep.stability.cells import aggregate_cells  # noqa: E402
 from trainers.protocol import TrialStatus  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "adaptive_vs_grid.json"

@@ -80,7 +80,7 @@ def _recomputed_verdicts(storage: Path, name: str, config: DivergenceConfig) -> 
 
 
 def _cells(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, as the stability map judges it (:func:`sweep.stability.aggregate_cells`): ``diverged`` when any
+    """Per cell, as the stability map judges it (:func:`sweep.stability.map.aggregate_cells`): ``diverged`` when any
     seed diverged, ``stable`` when some seed trained to the end and none diverged, ``undetermined`` when every seed
     was pruned (a pruned trial has no verdict); plus the mean held-out accuracy of the non-diverged seeds."""
     trials = trials.assign(

@@ -59,8 +59,8 @@ from pathlib import Path
 
 import torch
 
-from evaluation.checkpoint_generation import write_mt_bench_answers
-from evaluation.config import EvalConfig
+from evaluation.generation.checkpoint import write_mt_bench_answers
+from evaluation.mt_bench.config import EvalConfig
 
 out, backend = Path(sys.argv[1]), sys.argv[2]
 cfg = EvalConfig(limit=16, max_new_tokens=256, generation_backend=backend)

@@ -105,7 +105,7 @@ def profile_trial(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
     from trainers.config import LossConfig
-    from trainers.reference import compute_reference_logps
+    from trainers.reference.logps import compute_reference_logps
     from trainers.trial_runner import load_trial_data, run_trial
 
     output_dir = tempfile.mkdtemp(prefix="bench-profile-")

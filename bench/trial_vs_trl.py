@@ -9,7 +9,7 @@ Both sides train the same model on the same pairs (the first 64 of the embedded 
 optimizer step and a max length of 128 tokens, in fp32 on the same hardware:
 
 * ``project``: :func:`trainers.trial_runner.run_trial` with the sweep's shared reference log-probs precomputed once (by
-  :func:`trainers.reference.compute_reference_logps`, in its own process before any measurement) and no gradient
+  :func:`trainers.reference.logps.compute_reference_logps`, in its own process before any measurement) and no gradient
   checkpointing, exactly as a sweep trial runs.
 * ``trl``: a plain TRL 1.16 script, ``DPOTrainer(model=<checkpoint dir>, args=DPOConfig(...))`` with TRL's
   defaults for everything but the shared settings above: ``gradient_checkpointing=True`` (TRL's default),
@@ -106,7 +106,7 @@ def _as_text(value) -> str:
 def _train_project(args: argparse.Namespace, train, data, timer) -> tuple[int, int | None]:
     """Train with :func:`trainers.trial_runner.run_trial` and the precomputed reference; ``(steps, None)``."""
     from trainers.config import LossConfig
-    from trainers.reference import ReferenceLogps
+    from trainers.reference.logps import ReferenceLogps
     from trainers.trial_runner import run_trial
 
     reference = ReferenceLogps(**json.loads(args.reference))
@@ -167,7 +167,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     """Run one side in this (fresh) process and return its timings."""
     import torch
 
-    from trainers.reference import compute_reference_logps
+    from trainers.reference.logps import compute_reference_logps
     from trainers.trial_runner import load_trial_data
 
     train = bench_train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)

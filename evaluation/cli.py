@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from evaluation.mt_bench import safe_name
-from evaluation.vllm_generation import VLLMUnavailableError, require_vllm
+from evaluation.generation.vllm import VLLMUnavailableError, require_vllm
+from evaluation.options import safe_name
 from trainers.typed_config import apply_overrides, build, overrides_from_args
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    from sweep.driver import SweepDriver, SweepInputError, SweepOutputError
+    from sweep.driver import SweepDriver
+    from sweep.errors import SweepInputError, SweepOutputError
 
     try:
         driver = SweepDriver(config, resume=args.resume, address=args.address)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.tracking import SUPERSEDED_TAG
+from sweep.tracking.runs import SUPERSEDED_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, free_port, make_env, run, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

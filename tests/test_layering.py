@@ -21,43 +21,43 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trainers.collapse", "trainers.verdicts"),
     (
         "trainers.config",
-        "evaluation.config",
-        "evaluation.alpaca_eval_config",
-        "sweep.alpaca_eval_config",
-        "sweep.resources_config",
+        "evaluation.options",
+        "evaluation.mt_bench.config",
+        "evaluation.alpaca_eval.config",
+        "sweep.columns",
+        "sweep.errors",
+        "sweep.confidence",
+        "sweep.scoring.mt_bench.config",
+        "sweep.scoring.alpaca_eval.config",
         "sweep.config",
+        "sweep.config.*",
     ),
-    (
-        "trainers.atomic_dir",
-        "trainers.data",
-        "trainers.data.*",
-        "trainers.embedded_model",
-        "trainers.tiny_model",
-        "trainers.models",
-        "trainers.model_cache",
-    ),
+    ("trainers.atomic_dir", "trainers.data", "trainers.data.*", "trainers.models", "trainers.models.*"),
     (
         "trainers.dpo_config",
         "trainers.trl_trainer",
-        "trainers.data_summary",
-        "evaluation.mt_bench_data",
-        "evaluation.mt_bench_judge_prompts",
-        "evaluation.generation",
-        "evaluation.vllm_generation",
-        "evaluation.alpaca_eval_data",
-        "evaluation.alpaca_eval_metrics",
+        "trainers.data.summary",
+        "evaluation.mt_bench.data",
+        "evaluation.mt_bench.prompts",
+        "evaluation.generation.hf",
+        "evaluation.generation.vllm",
+        "evaluation.alpaca_eval.data",
+        "evaluation.alpaca_eval.metrics",
+        "evaluation.judge_client",
     ),
-    ("trainers.reference_shards", "trainers.reference", "evaluation.judges"),
     (
-        "trainers.trial_runner",
-        "evaluation.mt_bench",
-        "evaluation.alpaca_eval_judge",
-        "evaluation.alpaca_eval",
-        "evaluation.checkpoint_generation",
+        "trainers.reference.*",
+        "evaluation.generation.checkpoint",
+        "evaluation.mt_bench.answers",
+        "evaluation.mt_bench.judge",
+        "evaluation.alpaca_eval.judge",
     ),
-    ("sweep.*",),
-    ("sweep.driver",),
-    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.__main__", "evaluation.cli"),
+    ("trainers.trial_runner", "evaluation.mt_bench.pipeline", "evaluation.alpaca_eval.pipeline"),
+    ("sweep.stability.cells",),
+    ("sweep.search.lattice", "sweep.search.infer", "sweep.stability.*", "sweep.claims.*"),
+    ("sweep.trials.*", "sweep.search.*", "sweep.cluster.*", "sweep.tracking.*", "sweep.scoring.*"),
+    ("sweep.driver", "sweep.driver.*"),
+    ("trainers.train", "sweep.run", "evaluation.*.__main__", "evaluation.cli"),
 )
 """Lowest first: a module may import modules of its own layer or below (the first matching pattern decides)."""
 
@@ -140,6 +140,43 @@ def test_no_import_cycles():
             visit(module, [module])
 
 
+SIBLINGS: tuple[tuple[str, ...], ...] = (
+    ("evaluation.mt_bench", "evaluation.alpaca_eval"),
+    ("sweep.scoring.mt_bench", "sweep.scoring.alpaca_eval"),
+)
+"""Packages that never import each other: what they share lives one level down, defined once."""
+
+
+@pytest.mark.parametrize("pair", SIBLINGS, ids=lambda pair: " / ".join(pair))
+def test_siblings_do_not_import_each_other(pair):
+    def inside(module: str, package: str) -> bool:
+        return module == package or module.startswith(f"{package}.")
+
+    crossing = [
+        (module, dep)
+        for module, deps in GRAPH.items()
+        for dep in deps
+        for a, b in (pair, pair[::-1])
+        if inside(module, a) and inside(dep, b)
+    ]
+    assert not crossing, f"sibling packages import each other: {crossing}"
+
+
+@pytest.mark.parametrize("init", sorted(name for name, path in MODULES.items() if path.name == "__init__.py"))
+def test_package_faces_only_re_export(init):
+    """A package's ``__init__.py`` holds a docstring, imports of its own modules and ``__all__``: never code."""
+    tree = ast.parse(MODULES[init].read_text())
+    body = tree.body[1:] if tree.body and isinstance(tree.body[0], ast.Expr) else tree.body
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"{init}: relative import"
+            continue
+        is_all = isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__all__"]
+        assert is_all, f"{init}: line {node.lineno} is code, not a re-export (move it into a module)"
+
+
 def test_the_check_sees_lazy_imports():
     """A function-level import counts: the ray trial imports the trial runner only inside the worker function."""
-    assert "trainers.trial_runner" in GRAPH["sweep.ray_trial"]
+    assert "trainers.trial_runner" in GRAPH["sweep.trials.trainable"]

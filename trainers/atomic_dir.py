@@ -1,8 +1,8 @@
 """Build a directory once, atomically, however many threads and processes ask for it at the same time.
 
 :func:`build_dir_once` is the one implementation of the locked atomic-directory build used for every cached
-artifact of the project: the materialised embedded and tiny models (:mod:`trainers.embedded_model`,
-:mod:`trainers.tiny_model`) and the shared reference log-probs (:mod:`trainers.reference`). The recipe:
+artifact of the project: the materialised embedded and tiny models (:mod:`trainers.models.embedded`,
+:mod:`trainers.models.tiny`) and the shared reference log-probs (:mod:`trainers.reference.logps`). The recipe:
 
 1. A *marker file* inside the directory, written last, says the directory is complete; a complete directory is
    returned at once, without locking.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from trainers.config import TrialConfig
-from trainers.data_summary import summarize_data
+from trainers.data.summary import summarize_data
 from trainers.models import load_tokenizer
 from trainers.protocol import HELD_OUT_ACCURACY, STEP_METRICS
 from trainers.trial_runner import load_trial_data, run_trial

@@ -20,10 +20,10 @@ from trainers.collapse import DivergenceMonitor, Verdict
 from trainers.config import LossConfig, TrainConfig
 from trainers.data import PreferenceData, load_preference_data
 from trainers.dpo_config import PRECISION_DTYPES, build_dpo_config
-from trainers.model_cache import fresh_model, fresh_tokenizer, release_accelerator_memory
 from trainers.models import load_model, load_tokenizer
+from trainers.models.cache import fresh_model, fresh_tokenizer, release_accelerator_memory
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, TrialStatus
-from trainers.reference import ReferenceLogps, reference_datasets
+from trainers.reference.logps import ReferenceLogps, reference_datasets
 from trainers.trl_trainer import CollapseCallback, RegistryDPOTrainer
 from trainers.verdicts import BehaviourVerdict, judge_behaviour
 
@@ -144,7 +144,7 @@ def run_trial(
             the trial runs TRL's reference precompute itself.
         on_metrics: Called with ``(step, metrics)`` for every logged dict (train steps and evaluations).
         callbacks: Extra transformers callbacks (e.g. checkpoint reporting in a sweep).
-        warm: Take the base weights and tokenizer from this process's cache (:mod:`trainers.model_cache`), loading
+        warm: Take the base weights and tokenizer from this process's cache (:mod:`trainers.models.cache`), loading
             them only the first time, and free the accelerator memory the trial used when it ends: for a process
             that runs trial after trial. The trial starts from exactly the weights a cold load gives.
 

@@ -12,10 +12,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluation.alpaca_eval import AlpacaEvalData, format_scores, load_alpaca_eval_data, score_outputs
-from evaluation.alpaca_eval_config import AlpacaEvalConfig
-from evaluation.alpaca_eval_judge import OpenAIPairJudge, PairJudge, build_pair_judge
-from evaluation.checkpoint_generation import write_alpaca_outputs
+from evaluation.alpaca_eval.config import AlpacaEvalConfig
+from evaluation.alpaca_eval.judge import OpenAIPairJudge, PairJudge, build_pair_judge
+from evaluation.alpaca_eval.pipeline import (
+    AlpacaEvalData,
+    format_scores,
+    load_alpaca_eval_data,
+    score_outputs,
+    write_alpaca_outputs,
+)
 from evaluation.cli import (
     add_model_arguments,
     check_generation_backend,
@@ -24,7 +29,7 @@ from evaluation.cli import (
     parse_config,
     resolve_device,
 )
-from evaluation.judges import JudgeError
+from evaluation.judge_client import JudgeError
 from trainers.typed_config import config_parser
 
 CONFIG_ALIASES = {

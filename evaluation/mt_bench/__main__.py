@@ -11,7 +11,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from evaluation.checkpoint_generation import write_mt_bench_answers
 from evaluation.cli import (
     add_model_arguments,
     check_generation_backend,
@@ -19,9 +18,10 @@ from evaluation.cli import (
     parse_config,
     resolve_device,
 )
-from evaluation.config import EvalConfig
-from evaluation.judges import Judge, JudgeError, OpenAIJudge, build_judge
-from evaluation.mt_bench import format_scores, load_mt_bench_data, score_answers
+from evaluation.judge_client import Judge, JudgeError, OpenAIJudge
+from evaluation.mt_bench.config import EvalConfig
+from evaluation.mt_bench.judge import build_judge
+from evaluation.mt_bench.pipeline import format_scores, load_mt_bench_data, score_answers, write_mt_bench_answers
 from trainers.typed_config import config_parser
 
 CONFIG_ALIASES = {

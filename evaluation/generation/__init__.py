@@ -1,0 +1,1 @@
+"""Answer generation backends shared by the benchmarks: transformers (HF) and vLLM."""

@@ -1,0 +1,1 @@
+"""Benchmarks after training: generation tasks on the cluster, preflight checks, MT-Bench and AlpacaEval scoring."""

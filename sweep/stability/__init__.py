@@ -1,0 +1,1 @@
+"""The stability map: cells, the terminal table, heatmap layout and figures, the map's files."""

@@ -1,0 +1,1 @@
+"""MLflow: ordered delivery through outages, the Tune callback, what a sweep's runs record."""

@@ -1,0 +1,1 @@
+"""The Ray Tune side of one trial: the trainable, its stoppers, its progress lines and its results row."""

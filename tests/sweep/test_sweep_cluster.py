@@ -1,0 +1,213 @@
+"""Sweeps on a real Ray cluster started with ``ray start --head`` (token authentication on, its own temp dir).
+
+* The smoke sweep submitted with ``ray job submit --working-dir <repo>`` runs there, and a GPU sweep is refused
+  before any trial starts.
+* A sweep whose trial worker is SIGKILLed by pid retries the trial, then records it ``errored``.
+
+Every process these tests start carries a marker variable in its environment; the fixtures end exactly the
+processes carrying it (Ray workers included), never Ray instances started by anyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweep.tracking.runs import ATTEMPT_TAG, ROLE_TAG, TRIAL_TAG
+from sweep.trials.trainable import WORKERS_LOG
+from tests.procs import BIN_DIR, MARK_VAR, end_marked, run
+from tests.sweeps import (
+    RAY_STARTED,
+    REPO_ROOT,
+    RUN_SCRIPT,
+    SWEEP_TIMEOUT_S,
+    UPLOAD_EXCLUDES,
+    run_sweep,
+    start_ray_head,
+    superseded,
+)
+from trainers.protocol import TrialStatus
+
+pytestmark = [pytest.mark.slow, pytest.mark.long]
+
+
+def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_cluster, tmp_path):
+    results = tmp_path / "results"
+    proc = run_sweep(
+        *("--config", "smoke", "--address", ray_cluster.gcs_address, "--no-mlflow"),
+        *(f"storage_path={results}", "resources.use_gpu=true", "resources.gpus_per_worker=1"),
+        cwd=tmp_path,
+        env=ray_cluster.env,
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: resources: one trial needs 1 GPU")
+    assert "the Ray cluster has 0 GPU" in error
+    assert "resources.autoscale" in error
+    output = proc.stdout + proc.stderr
+    assert RAY_STARTED not in output  # it joined the cluster at --address
+    # The driver announces the trials it schedules ("[sweep] smoke: 2 trials, ...", as in
+    # test_sweep_prints_its_summary) only after the resource check.
+    assert "Trial status" not in output and "[sweep] smoke:" not in output
+    assert not (results / "smoke").exists()
+
+
+def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
+    results = tmp_path / "results"  # absolute: the job's working directory is the uploaded package
+    submission_id = f"dlrml-test-{uuid.uuid4().hex[:8]}"
+    ray = str(BIN_DIR / "ray")
+    submit = run(
+        [
+            *(ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", submission_id),
+            *("--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES})),
+            *("--", "python", RUN_SCRIPT, "--config", "smoke", "--no-mlflow"),
+            *(f"storage_path={results}", "grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"),
+        ],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        timeout=SWEEP_TIMEOUT_S,
+    )
+    output = submit.stdout + submit.stderr
+    assert submit.returncode == 0, output[-5000:]
+    assert f"Job '{submission_id}' succeeded" in output
+    assert re.search(r"trials: 1 \(1 (stable|stalled|collapsed)\)", output), output[-3000:]
+    status = run(
+        [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        timeout=120,
+    )
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
+    trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
+    assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
+    assert list(trials["steps"]) == [2]
+    assert (results / "smoke" / "map" / "stability_overview.png").is_file()
+
+
+PROBE = """
+import json, os, sys
+import ray
+from ray.util.state import get_actor
+from sweep.cluster.connect import init_ray
+
+init_ray(sys.argv[1])
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def look(self):
+        try:
+            state = get_actor(ray.get_runtime_context().get_actor_id(), timeout=30)
+            found = state is not None and state.state == "ALIVE"
+        except Exception as error:  # what the state API says when it cannot tell which cluster
+            found = repr(error)
+        return os.environ.get("RAY_ADDRESS"), found
+
+probe = Probe.options(lifetime="detached").remote()  # like Ray Train's placement-group cleaner
+print(json.dumps(ray.get(probe.look.remote())))
+ray.kill(probe)
+"""
+
+
+def test_a_detached_actor_of_a_sweep_that_joined_a_cluster_finds_it_beside_another_ray_instance(ray_cluster, tmp_path):
+    """Ray Train's placement-group cleaner (a detached actor) asks the state API whether its trial's controller lives;
+    without ``RAY_ADDRESS`` the state API auto-detects a cluster. A sweep that joins a cluster tells every worker, a
+    detached one included, the cluster's address (``sweep.cluster.connect.init_ray``), and the actor finds itself
+    through the state API while a second Ray instance runs on the machine (as beside a test process running a local
+    sweep)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    other = start_ray_head()
+    next(other)
+    try:
+        done = run(
+            [sys.executable, "-c", PROBE, ray_cluster.gcs_address],
+            cwd=tmp_path,
+            env=ray_cluster.env,
+            timeout=180,
+        )
+    finally:
+        other.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    address, found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert address == canonicalize_bootstrap_address(ray_cluster.gcs_address)
+    assert found is True
+
+
+@pytest.mark.parametrize(
+    "workers",
+    # Ray Train's own placement patience (60 s) on this fixed local cluster: a worker group that cannot get its CPUs
+    # in time is started again by its controller instead of waiting the default 900 s meant for autoscaled nodes.
+    [[], ["resources.num_workers=2", "resources.cpus_per_worker=1", "resources.placement_timeout_s=60"]],
+    ids=["in-process", "worker-group"],
+)
+def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_cluster, tmp_path, workers):
+    """SIGKILL the process that trains one trial (its Tune trial process when it trains in process, its rank-0
+    Ray Train worker with two workers) by pid, twice: with ``resources.max_failures=1`` Tune restarts the trial
+    once, then records it ``errored`` with its error; the other trial completes, and MLflow agrees."""
+    results, name, db = tmp_path / "results", "killed-worker", tmp_path / "mlflow.db"
+    env = {**ray_cluster.env, MARK_VAR: uuid.uuid4().hex}
+    command = [
+        *(sys.executable, str(REPO_ROOT / RUN_SCRIPT), "--config", "smoke", "--name", name),
+        *("--address", ray_cluster.gcs_address, "--mlflow-uri", f"sqlite:///{db}", f"storage_path={results}"),
+        *("grid.losses=[dpo]", "grid.beta_kl=[0.1,0.2]", "grid.beta_mix=[]", "scheduler.asha=false"),
+        *("resources.max_failures=1", "resources.max_concurrent_trials=1", *workers),
+    ]
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        victim, killed = None, []
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while len(killed) < 2:  # the first attempt, then its retry
+            assert sweep.poll() is None, f"the sweep ended before its worker was killed twice:\n{log.read_text()}"
+            if time.monotonic() > deadline:
+                pytest.fail(f"no worker to kill:\n{log.read_text()[-3000:]}\n{ray_cluster.diagnostics()}")
+            for workers in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
+                if victim not in (None, workers.parent.name):
+                    continue
+                lines = [json.loads(line) for line in workers.read_text().splitlines() if line.strip()]
+                pids = [line["pid"] for line in lines if line["rank"] == 0 and line["pid"] not in killed]
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    victim = workers.parent.name
+                    killed.append(pids[0])
+            time.sleep(0.1)
+        assert sweep.wait(timeout=SWEEP_TIMEOUT_S) == 0, log.read_text()[-5000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        end_marked(env[MARK_VAR], 30)
+
+    trials = pd.read_csv(results / name / "map" / "trials.csv").set_index("trial_id")
+    assert len(trials) == 2
+    errored = trials.loc[victim]
+    assert (errored["status"], errored["attempts"]) == ("errored", 2)
+    assert "worker process has died" in errored["reason"]  # the error Ray gave for the SIGKILLed actor
+    others = trials.drop(index=victim)
+    assert [TrialStatus(s).trained_to_end for s in others["status"]] == [True] and list(others["attempts"]) == [1]
+    assert re.search(r"trials: 2 \(1 (collapsed|errored|stable|stalled), 1 (errored|stable|stalled)\)", log.read_text())
+    assert "1 errored" in log.read_text()
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("dlrml-sweep").experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    nested = {r.data.tags[TRIAL_TAG]: r for r in trial_runs if not superseded(r)}
+    assert set(nested) == set(trials.index) and len(nested) == len([r for r in trial_runs if not superseded(r)])
+    # The victim's first attempt, if it had reported before its worker was killed, is a superseded run (ended
+    # KILLED); the retry's run is the trial's run. The other trial ran once: one run.
+    earlier = [r for r in trial_runs if superseded(r)]
+    assert {r.data.tags[TRIAL_TAG] for r in earlier} <= {victim} and len(earlier) <= 1
+    assert all((r.info.status, r.data.tags[ATTEMPT_TAG]) == ("KILLED", "1") for r in earlier)
+    assert (nested[victim].info.status, nested[victim].data.tags["dlrml.status"]) == ("FAILED", "errored")
+    assert nested[victim].data.metrics["final/attempts"] == 2
+    assert all(r.info.status != "RUNNING" for r in runs)

@@ -1,0 +1,132 @@
+"""A trial's status from its recorded results (what ``SweepDriver.collect`` does for every Tune result), without Ray."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from sweep.trials.rows import replay_verdict, trial_label, trial_row, trial_status
+from trainers.collapse import DivergenceConfig
+from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.verdicts import VerdictConfig
+
+DIVERGENCE = DivergenceConfig(grace_steps=1)
+VERDICTS = VerdictConfig(stall_z=2.0)
+N_PAIRS = 16
+"""Held-out pairs: learning needs an accuracy above 0.5 + 2 * sqrt(0.25 / 16) = 0.75."""
+CONFIG = {"trial": {"loss": {"name": "dlrml", "beta_kl": 0.05, "beta_mix": 0.2}, "seed": 1}}
+
+
+def train(step: int, loss: float = 0.69, grad_norm: float = 1.0) -> dict[str, float]:
+    return {ReportKey.STEP: step, ReportKey.REPORT_TYPE: ReportType.TRAIN, "loss": loss, "grad_norm": grad_norm}
+
+
+def held_out(step: int, accuracy: float) -> dict[str, float]:
+    return {ReportKey.STEP: step, ReportKey.REPORT_TYPE: ReportType.EVAL, HELD_OUT_ACCURACY: accuracy}
+
+
+def final(step: int, accuracy: float) -> dict[str, float]:
+    return {
+        ReportKey.STEP: step,
+        ReportKey.REPORT_TYPE: ReportType.FINAL,
+        ReportKey.FINAL: 1,
+        ReportKey.EVAL_PAIRS: N_PAIRS,
+        "loss": 0.6,
+        HELD_OUT_ACCURACY: accuracy,
+    }
+
+
+def row(reports: list[dict[str, float]], error: BaseException | None = None) -> dict:
+    history = pd.DataFrame([{str(k): v for k, v in r.items()} for r in reports]) if reports else None
+    last = {str(k): v for k, v in reports[-1].items()} if reports else {}
+    return trial_row(CONFIG, history, last, error, trial_id="t0", divergence=DIVERGENCE, verdicts=VERDICTS, attempts=1)
+
+
+def test_a_trial_that_learned_beyond_noise_is_stable():
+    out = row([train(1), train(2), held_out(2, 0.6), train(3), train(4), held_out(4, 0.8125), final(4, 0.8125)])
+    assert out["status"] == TrialStatus.STABLE and out["reason"] is None
+    assert out["steps"] == 4 and out["eval_accuracy"] == 0.8125 and math.isnan(out["diverged_step"])
+    assert (out["loss"], out["form"], out["beta_kl"], out["beta_mix"], out["seed"]) == ("dlrml", "stable", 0.05, 0.2, 1)
+    assert out["nan_inf_steps"] == 0 and out["grad_norm_max"] == 1.0
+
+
+def test_a_trial_at_chance_within_noise_stalled():
+    """0.75 is exactly the noise bound 0.5 + 2 * 0.125 over 16 pairs: not above it, so no learning is shown."""
+    out = row([train(1), held_out(1, 0.5625), train(2), held_out(2, 0.75), final(2, 0.75)])
+    assert out["status"] == TrialStatus.STALLED
+    assert out["reason"].startswith("no_learning: eval_rewards/accuracies=0.75 vs 0.75 at step 2")
+
+
+def test_a_trial_that_learned_then_fell_back_to_chance_collapsed():
+    out = row([train(1), held_out(1, 0.875), train(2), held_out(2, 0.5), final(2, 0.5)])
+    assert out["status"] == TrialStatus.COLLAPSED and out["reason"].startswith("accuracy_back_to_chance")
+
+
+def test_likelihood_collapse_is_read_from_the_held_out_per_token_drift():
+    collapsed = {**held_out(2, 0.875), "eval_logps/chosen_drift_per_token": -2.0}
+    out = row([train(1), train(2), collapsed, final(2, 0.875)])
+    assert out["status"] == TrialStatus.COLLAPSED
+    assert out["reason"] == "likelihood_collapse: eval_logps/chosen_drift_per_token=-2 vs -1.5 at step 2"
+
+
+def test_a_trial_stopped_without_final_report_or_divergence_was_pruned():
+    out = row([train(1), train(2), held_out(2, 0.4)])
+    assert out["status"] == TrialStatus.PRUNED
+    assert out["reason"] == "asha at step 2"
+    assert out["eval_accuracy"] == 0.4
+
+
+def test_a_non_finite_loss_is_a_divergence_at_its_step_even_if_asha_also_stopped_it():
+    out = row([train(1), train(2, grad_norm=3.0), train(3, loss=math.nan)])
+    assert out["status"] == TrialStatus.DIVERGED
+    assert out["diverged_step"] == 3
+    assert out["reason"].startswith("non_finite_loss")
+    assert out["nan_inf_steps"] == 1 and out["grad_norm_max"] == 3.0
+
+
+def test_evaluation_reports_never_count_as_divergence():
+    """A NaN in an eval or final report is not a training step: only training reports feed the monitor."""
+    nan_eval = {**held_out(2, math.nan), "loss": math.nan}
+    out = row([train(1), train(2), nan_eval, train(3), final(3, 0.9)])
+    assert out["status"] == TrialStatus.STABLE and out["nan_inf_steps"] == 0
+
+
+def test_an_error_wins_over_everything_and_keeps_its_last_line():
+    out = row([train(1), train(2, loss=math.nan)], error=RuntimeError("worker died\nActorDiedError: node lost"))
+    assert out["status"] == TrialStatus.ERRORED
+    assert out["reason"] == "RuntimeError: ActorDiedError: node lost"
+
+
+def test_a_trial_that_never_reported_and_failed_is_errored_with_zero_steps():
+    out = row([], error=TimeoutError("placement group"))
+    assert out["status"] == TrialStatus.ERRORED and out["steps"] == 0 and math.isnan(out["eval_accuracy"])
+
+
+def test_reports_out_of_order_are_replayed_by_step():
+    history = pd.DataFrame([train(2, loss=math.inf), train(1)])
+    verdict = replay_verdict(history, DIVERGENCE)
+    assert verdict.diverged and verdict.step == 2
+
+
+@pytest.mark.parametrize(
+    ("last", "expected"),
+    [({"final": 1}, TrialStatus.COLLAPSED), ({"step": 3}, TrialStatus.PRUNED)],
+)
+def test_status_without_divergence_or_evaluation(last, expected):
+    """A trial that reported its end but no finite held-out accuracy is collapsed; one that did not end, pruned."""
+    assert trial_status(replay_verdict(None, DIVERGENCE), None, last, None)[0] == expected
+
+
+def test_trial_label_names_loss_betas_and_seed():
+    assert trial_label(CONFIG["trial"]) == "dlrml bkl=0.05 bmix=0.2 seed=1"
+    assert trial_label({"loss": {"name": "dpo", "beta_kl": 0.1, "beta_mix": None}, "seed": 0}) == "dpo bkl=0.1 seed=0"
+
+
+@pytest.mark.parametrize("status", list(TrialStatus))
+def test_status_properties(status):
+    assert status.has_verdict == (status not in (TrialStatus.PRUNED, TrialStatus.ERRORED))
+    assert status.is_failure == (status in (TrialStatus.STALLED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED))
+    assert status.trained_to_end == (status in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED))
+    assert status.mlflow_run_status in ("FINISHED", "FAILED", "KILLED")

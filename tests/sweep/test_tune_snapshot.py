@@ -1,0 +1,103 @@
+"""A grid sweep whose Tune snapshot was cut by a kill resumes and runs every grid entry (sweep.search.snapshot).
+
+A real Tune experiment (a four-entry grid of a function that only reports, one trial at a time) is run to the end,
+then its snapshot is cut the way a driver killed during Tune's background copy leaves it (seen in
+``test_resume.py``): the trial list of an early save (trial 0 running) beside the searcher of a later one (four
+trials proposed, trial 3 running). Restored as it is, the searcher proposes nothing more and the sweep waits forever;
+aligned, the resumed sweep runs the three missing entries.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import ray.cloudpickle as cloudpickle
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from sweep.search.snapshot import GRID_SEARCHER_GLOB, TRIAL_LIST_GLOB, align_grid_searcher
+from tests.procs import make_env, run
+
+GRID = [0, 1, 2, 3]
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import ray
+    from ray import tune
+    from sweep.search.snapshot import align_grid_searcher
+
+    def report(config):
+        tune.report({"i": config["i"]})
+
+    storage, phase, grid = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    ray.init(num_cpus=1, include_dashboard=False)
+    if phase == "first":
+        tuner = tune.Tuner(
+            report,
+            param_space={"i": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            run_config=tune.RunConfig(name="grid", storage_path=storage, verbose=0),
+        )
+    else:
+        alignment = align_grid_searcher(Path(storage) / "grid")
+        print(json.dumps({"aligned": alignment.describe() if alignment else None}))
+        tuner = tune.Tuner.restore(str(Path(storage) / "grid"), trainable=report, resume_errored=True)
+    results = tuner.fit()
+    print(json.dumps(sorted([r.metrics["i"], r.metrics["trial_id"]] for r in results)))
+    """
+)
+
+
+def _cut_snapshot(experiment: Path) -> str:
+    """Leave the trial list of an early save beside the searcher of a later one; return trial 3's id."""
+    trial_list = sorted(experiment.glob(TRIAL_LIST_GLOB))[-1]
+    saved = json.loads(trial_list.read_text())
+    first = json.loads(saved["trial_data"][0][0])
+    first["status"] = "RUNNING"
+    saved["trial_data"] = [[json.dumps(first), saved["trial_data"][0][1]]]
+    trial_list.write_text(json.dumps(saved))
+    searcher_file = sorted(experiment.glob(GRID_SEARCHER_GLOB))[-1]
+    state = cloudpickle.loads(searcher_file.read_bytes())
+    last = f"{state['_uuid_prefix']}{len(GRID) - 1:05d}"
+    state["_live_trials"], state["_finished"] = {last}, False
+    searcher_file.write_bytes(cloudpickle.dumps(state))
+    return last
+
+
+def _searcher(experiment: Path) -> BasicVariantGenerator:
+    searcher = BasicVariantGenerator(max_concurrent=1)
+    searcher.restore_from_dir(str(experiment))
+    return searcher
+
+
+def test_a_cut_snapshot_is_aligned_and_the_resumed_grid_runs_every_entry(tmp_path: Path, short_tmp: Path) -> None:
+    storage, env = tmp_path / "results", make_env(short_tmp)
+    first = run(
+        [sys.executable, "-c", SCRIPT, str(storage), "first", json.dumps(GRID)], cwd=tmp_path, env=env, timeout=300
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    ran = json.loads(first.stdout.splitlines()[-1])
+    assert [i for i, _ in ran] == GRID
+    experiment = storage / "grid"
+    last = _cut_snapshot(experiment)
+
+    # As cut, the searcher counts trial 3 as running (the one trial allowed at once) and proposes nothing more,
+    # while the restored trial list lacks it: Tune would wait for the searcher forever.
+    cut = _searcher(experiment)
+    assert cut.next_trial() is None and not cut.is_finished()
+
+    resumed = run(
+        [sys.executable, "-c", SCRIPT, str(storage), "resume", json.dumps(GRID)], cwd=tmp_path, env=env, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = resumed.stdout.splitlines()
+    aligned = next(json.loads(line) for line in lines if line.startswith('{"aligned"'))
+    results = json.loads(lines[-1])
+    assert f"proposed 4 trials with {last} running, its trial list holds 1" in aligned["aligned"]
+    assert [i for i, _ in results] == GRID  # every grid entry, each once
+    assert [trial_id for _, trial_id in results] == [trial_id for _, trial_id in ran]  # under the same trial ids
+    assert last in {trial_id for _, trial_id in results}
+    assert align_grid_searcher(experiment) is None  # the resumed sweep saved a consistent snapshot
