@@ -97,37 +97,100 @@ class ReportType(enum.IntEnum):
 
 
 class TrialStatus(enum.StrEnum):
-    """How a sweep trial ended, as ``trials.csv``, the map and MLflow record it (README "Verdicts")."""
+    """How a sweep trial ended, as ``trials.csv``, the map and MLflow record it (README "Verdicts").
+
+    The first five are verdicts about the loss at the trial's point; the others are not (:attr:`has_verdict`).
+    """
 
     STABLE = "stable"
-    """Trained to the end and learned: held-out accuracy above chance beyond its noise, no collapse."""
+    """Trained to the end and learned: held-out accuracy above chance beyond its noise, no collapse, settled."""
     STALLED = "stalled"
-    """Trained to the end without learning: held-out accuracy not above chance beyond its noise."""
+    """Trained to the end without learning: held-out accuracy at chance within its noise, settled."""
+    REVERSED = "reversed"
+    """Trained to the end preferring the *rejected* responses (held-out accuracy significantly below chance) while the
+    chosen likelihood did not collapse: the loss's wrong-sign minimum, the DiscoPOP paper's "stuck in local minima"."""
     COLLAPSED = "collapsed"
-    """Trained to the end without any NaN but degenerated: likelihood collapse or accuracy back at chance."""
+    """Trained to the end without any NaN but degenerated: the chosen likelihood fell and the policy stopped preferring
+    the chosen responses (a significant fall of held-out accuracy from its best), or learned and fell back to chance."""
     DIVERGED = "diverged"
     """Stopped at its first divergence (non-finite values, exploding gradient norm or loss)."""
+    UNSETTLED = "unsettled"
+    """Trained to the end (and any extension budget) with a trajectory still moving: no confident verdict."""
     PRUNED = "pruned"
-    """Stopped early by ASHA: it had not diverged yet, which is not a verdict."""
+    """Stopped early by ASHA at a rung: it had not diverged yet, which is not a verdict."""
+    INTERRUPTED = "interrupted"
+    """Ended without its final report, an error or a divergence, and not at an ASHA rung (the sweep was stopped)."""
     ERRORED = "errored"
     """Crashed (after Tune's retries)."""
 
     @property
     def has_verdict(self) -> bool:
         """Whether the trial says anything about its cell's stability."""
-        return self not in (TrialStatus.PRUNED, TrialStatus.ERRORED)
+        return self in (
+            TrialStatus.STABLE,
+            TrialStatus.STALLED,
+            TrialStatus.REVERSED,
+            TrialStatus.COLLAPSED,
+            TrialStatus.DIVERGED,
+        )
 
     @property
     def is_failure(self) -> bool:
-        """Whether the trial counts against its cell's stability (any verdict but ``stable``)."""
-        return self.has_verdict and self is not TrialStatus.STABLE
+        """Whether the trial counts as ``failed`` (:data:`Failure.FAILED`)."""
+        return Failure.FAILED.includes(self)
 
     @property
     def trained_to_end(self) -> bool:
         """Whether the trial ran all its steps (so its final policy can be evaluated)."""
-        return self in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED)
+        return self in (
+            TrialStatus.STABLE,
+            TrialStatus.STALLED,
+            TrialStatus.REVERSED,
+            TrialStatus.COLLAPSED,
+            TrialStatus.UNSETTLED,
+        )
+
+    @property
+    def code(self) -> int:
+        """The status as a number a chart can plot (MLflow's ``final/verdict_code``): its position in this enum, so
+        ``0`` is stable, ``1``-``4`` the failures from a stall to a divergence, ``5``-``8`` no verdict."""
+        return list(TrialStatus).index(self)
 
     @property
     def mlflow_run_status(self) -> str:
         """The MLflow run status its nested run ends with."""
-        return {TrialStatus.ERRORED: "FAILED", TrialStatus.PRUNED: "KILLED"}.get(self, "FINISHED")
+        return {
+            TrialStatus.ERRORED: "FAILED",
+            TrialStatus.PRUNED: "KILLED",
+            TrialStatus.INTERRUPTED: "KILLED",
+        }.get(self, "FINISHED")
+
+
+class Failure(enum.StrEnum):
+    """The one definition of failure, used with these words by the cells, heatmaps, table, claims and MLflow.
+
+    Both count over the trials with a verdict (:attr:`TrialStatus.has_verdict`); ``unsettled``, ``pruned``,
+    ``interrupted`` and ``errored`` trials are neither successes nor failures.
+    """
+
+    FAILED = "failed"
+    """Not usable: stalled, reversed, collapsed or diverged (anything but stable)."""
+    UNSTABLE = "unstable"
+    """Training went wrong: collapsed or diverged (a stall or a reversal is a loss that did not learn, not one that
+    broke)."""
+
+    @property
+    def statuses(self) -> tuple[TrialStatus, ...]:
+        """The trial statuses this category counts."""
+        if self is Failure.FAILED:
+            return (TrialStatus.STALLED, TrialStatus.REVERSED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED)
+        return (TrialStatus.COLLAPSED, TrialStatus.DIVERGED)
+
+    def includes(self, status: str) -> bool:
+        """Whether a trial of ``status`` counts in this category."""
+        return TrialStatus(status) in self.statuses
+
+    @property
+    def meaning(self) -> str:
+        """One line for tables and reports, e.g. ``failed = stalled + reversed + collapsed + diverged``."""
+        return f"{self.value} = {' + '.join(status.value for status in self.statuses)}"
