@@ -9,7 +9,7 @@ import pytest
 
 from sweep.trials.rows import replay_verdict, trial_label, trial_row, trial_status
 from trainers.collapse import DivergenceConfig
-from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
+from trainers.protocol import HELD_OUT_ACCURACY, Failure, ReportKey, ReportType, TrialStatus
 from trainers.verdicts import VerdictConfig
 
 DIVERGENCE = DivergenceConfig(grace_steps=1)
@@ -126,7 +126,11 @@ def test_trial_label_names_loss_betas_and_seed():
 
 @pytest.mark.parametrize("status", list(TrialStatus))
 def test_status_properties(status):
-    assert status.has_verdict == (status not in (TrialStatus.PRUNED, TrialStatus.ERRORED))
-    assert status.is_failure == (status in (TrialStatus.STALLED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED))
-    assert status.trained_to_end == (status in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED))
+    """The verdicts are the five statuses that say something about the loss; failed is every verdict but stable,
+    unstable only the two where training broke (README "Verdicts"); no-verdict statuses are neither."""
+    verdicts = ("stable", "stalled", "reversed", "collapsed", "diverged")
+    assert status.has_verdict == (status in verdicts)
+    assert status.is_failure == (status in verdicts[1:]) == Failure.FAILED.includes(status)
+    assert Failure.UNSTABLE.includes(status) == (status in ("collapsed", "diverged"))
+    assert status.trained_to_end == (status in (*verdicts[:4], "unsettled"))
     assert status.mlflow_run_status in ("FINISHED", "FAILED", "KILLED")
