@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "evaluation.judge_client",
     ),
     (
+        "trainers.settling",
         "trainers.reference.*",
         "evaluation.generation.checkpoint",
         "evaluation.mt_bench.answers",

@@ -27,9 +27,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from trainers.losses import LossSpec, compute_loss
+from trainers.protocol import Metric, ReportKey, ReportType
 from trainers.typed_config import option, validate
 
 REASONS = ("non_finite_loss", "non_finite_grad", "grad_norm_explosion", "loss_explosion")
+EVAL_LOSS = Metric.LOSS.held_out
+"""A held-out evaluation's mean loss (TRL's ``eval_loss``)."""
 
 
 @dataclass
@@ -84,6 +87,10 @@ class Verdict:
         return asdict(self)
 
 
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _finite(value: object) -> bool:
     return value is None or math.isfinite(float(value))
 
@@ -101,13 +108,43 @@ class DivergenceMonitor:
     _grad_norms: deque = field(default_factory=deque)
     _steps_seen: int = 0
 
+    def update_report(self, report: Mapping[str, object]) -> Verdict | None:
+        """Consume one of a trial's reports to Tune (a training step, a held-out evaluation or the final summary).
+
+        An evaluation is read from its own ``eval_*`` values only (a row of Tune's results frame carries every
+        column, NaN where the report had none); the final summary repeats earlier reports and is skipped, as is a
+        report without a step.
+        """
+        step, kind = report.get(ReportKey.STEP), report.get(ReportKey.REPORT_TYPE, ReportType.TRAIN)
+        if step is None or _is_nan(step) or kind == ReportType.FINAL:
+            return self.verdict
+        if kind == ReportType.EVAL:
+            report = {k: v for k, v in report.items() if str(k).startswith("eval_") and not _is_nan(v)}
+        return self.update(int(step), report)  # type: ignore[arg-type]
+
+    def _update_held_out(self, step: int, metrics: Mapping[str, float]) -> Verdict | None:
+        """A held-out evaluation diverges the trial on the same non-finite rule as a training step (its loss and
+        per-pair losses); the explosion rules, which compare training steps, do not apply."""
+        loss = metrics.get(EVAL_LOSS)
+        count = metrics.get(Metric.NAN_INF_LOSS.held_out, 0)
+        if (loss is not None and not _finite(loss)) or count:
+            kind = "genuine" if metrics.get(Metric.NAN_INF_GENUINE.held_out, 0) else "numerical"
+            return self._diverge(
+                step,
+                "non_finite_loss",
+                kind,
+                f"held-out evaluation: {EVAL_LOSS}={loss}, {Metric.NAN_INF_LOSS.held_out}={count}",
+            )
+        return None
+
     def update(self, step: int, metrics: Mapping[str, float]) -> Verdict | None:
         """Consume one training step's metrics.
 
         Args:
             step: Optimizer step (1-based) the metrics belong to.
-            metrics: At least ``loss`` and ``grad_norm``; optionally ``nan_inf/loss``, ``nan_inf/grad`` and
-                ``nan_inf/genuine``. Evaluation-only dicts (no ``loss``) are ignored.
+            metrics: A training step's (at least ``loss`` and ``grad_norm``; optionally ``nan_inf/loss``,
+                ``nan_inf/grad`` and ``nan_inf/genuine``) or a held-out evaluation's (``eval_loss``,
+                ``eval_nan_inf/loss``, ``eval_nan_inf/genuine``): a non-finite value in either diverges the trial.
 
         Returns:
             The divergence verdict the first time a rule fires (and every later call), else ``None``.
@@ -115,7 +152,7 @@ class DivergenceMonitor:
         if self.verdict is not None:
             return self.verdict
         if "loss" not in metrics:
-            return None
+            return self._update_held_out(step, metrics)
         loss = metrics["loss"]
         grad_norm = metrics.get("grad_norm")
         kind = "genuine" if metrics.get("nan_inf/genuine", 0) else "numerical"

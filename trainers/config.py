@@ -64,6 +64,10 @@ class LossConfig:
         return {k: v for k, v in values.items() if k in get_loss(self.name).params}
 
 
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+"""transformers schedules whose learning rate at a step does not depend on the total number of steps."""
+
+
 @dataclass
 class TrainConfig:
     """How one trial trains: model, data, optimisation and monitoring."""
@@ -114,7 +118,19 @@ class TrainConfig:
         help="Seed of the data subset (``max_*_rows``) and of the held-out split. It is not the trial seed, so that "
         "every trial of a sweep, whatever its seed, trains and is evaluated on the same pairs.",
     )
-    eval_steps: int = option(0, ge=0, help="Held-out evaluation every this many steps (``0``: only at the end).")
+    eval_steps: int = option(
+        0,
+        ge=0,
+        help="Held-out evaluation every this many steps, and once before the first (the reference's point); ``0``: "
+        "only at the end.",
+    )
+    extend_until_settled: int = option(
+        0,
+        ge=0,
+        help="Extra steps a trial may train beyond ``max_steps`` while its verdict has not settled (README "
+        '"Verdicts"); it stops at the first settled held-out evaluation. ``0``: a trial unsettled at ``max_steps`` '
+        "ends ``unsettled``. Needs a constant learning-rate schedule, so that extending changes no earlier step.",
+    )
     warmup_ratio: float = option(0.0, ge=0, lt=1, help="Linear warm-up fraction.")
     lr_scheduler: str = option("linear", help="A transformers scheduler name.")
     max_grad_norm: float = option(
@@ -140,6 +156,25 @@ class TrainConfig:
     def _check(self) -> None:
         if self.max_steps == -1 and not self.epochs > 0:
             raise ConfigError(f"must be > 0 when max_steps is -1, got {self.epochs!r}", "epochs")
+        if self.extend_until_settled:
+            if self.max_steps == -1 or self.eval_steps == 0:
+                raise ConfigError(
+                    "needs max_steps >= 1 and eval_steps >= 1: a trial is extended from max_steps, judged at each "
+                    "held-out evaluation",
+                    "extend_until_settled",
+                )
+            if self.lr_scheduler not in CONSTANT_SCHEDULES:
+                raise ConfigError(
+                    f"needs a constant learning-rate schedule ({' or '.join(CONSTANT_SCHEDULES)}), got "
+                    f"lr_scheduler={self.lr_scheduler!r}: a decaying schedule would stretch over the extension and "
+                    "change every step before it",
+                    "extend_until_settled",
+                )
+
+    @property
+    def step_budget(self) -> int:
+        """The most optimizer steps the trial may take (``max_steps`` plus the extension), ``-1`` for epochs."""
+        return self.max_steps + self.extend_until_settled if self.max_steps > 0 else self.max_steps
 
     def as_dict(self) -> dict[str, object]:
         """Flat-ish dict for logging (the divergence thresholds nested)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from trl import DPOConfig
@@ -53,10 +54,14 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         per_device_eval_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=train.grad_accum,
         learning_rate=train.learning_rate,
-        max_steps=train.max_steps,
+        max_steps=train.step_budget,
         num_train_epochs=train.epochs,
         lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        # A float in [0, 1) is a ratio of the total steps; with an extension, of the planned steps (as transformers
+        # rounds it), so the schedule of a trial does not depend on its extension budget.
+        warmup_steps=math.ceil(train.warmup_ratio * train.max_steps)
+        if train.extend_until_settled
+        else train.warmup_ratio,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         bf16=train.precision == "bf16",
@@ -74,6 +79,8 @@ def build_dpo_config(train: TrainConfig, loss: LossConfig, *, precompute_ref: bo
         # HF's default replaces a NaN/Inf loss by the running average: a diverged step would look healthy.
         logging_nan_inf_filter=False,
         eval_strategy="steps" if train.eval_steps else "no",
+        # The reference's own point (step 0) starts every held-out curve; the verdicts read only later ones.
+        eval_on_start=bool(train.eval_steps),
         eval_steps=train.eval_steps or None,
         save_strategy="no",
         report_to=[],

@@ -24,6 +24,7 @@ from trainers.models import load_model, load_tokenizer
 from trainers.models.cache import fresh_model, fresh_tokenizer, release_accelerator_memory
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, TrialStatus
 from trainers.reference.logps import ReferenceLogps, reference_datasets
+from trainers.settling import SettleCallback
 from trainers.trl_trainer import CollapseCallback, RegistryDPOTrainer
 from trainers.verdicts import BehaviourVerdict, judge_behaviour
 
@@ -60,10 +61,13 @@ class TrialResult:
 
     @property
     def status(self) -> TrialStatus:
-        """``diverged``, else the behavioural verdict (``collapsed`` when no evaluation had a finite accuracy)."""
+        """``diverged``, else the behavioural verdict if it settled, else ``unsettled`` (``collapsed`` when no
+        evaluation had a finite accuracy)."""
         if self.verdict.diverged:
             return TrialStatus.DIVERGED
-        return TrialStatus(self.behaviour.status) if self.behaviour else TrialStatus.COLLAPSED
+        if self.behaviour is None:
+            return TrialStatus.COLLAPSED
+        return TrialStatus(self.behaviour.status) if self.behaviour.settled else TrialStatus.UNSETTLED
 
     @property
     def held_out_accuracy(self) -> float:
@@ -107,6 +111,8 @@ def _rows_consumed(train: TrainConfig, available: int) -> int | None:
     if train.max_steps < 1:
         return None
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    # max_steps, not the extension budget: an extended trial goes on into a second pass over the same pairs, so its
+    # first max_steps steps are exactly those of a trial without the budget.
     needed = train.max_steps * train.per_device_batch_size * train.grad_accum * world
     return needed if needed < available else None
 
@@ -174,6 +180,9 @@ def run_trial(
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
+    eval_pairs = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+    if train.extend_until_settled:
+        trainer.add_callback(SettleCallback(train.max_steps, collapse, eval_pairs, train.verdicts))
     work_started = time.monotonic()
     trainer.train()
     verdict = collapse.verdict
@@ -190,7 +199,6 @@ def run_trial(
     work_seconds = time.monotonic() - work_started
     train_steps = [h for h in collapse.history if Metric.LOSS in h]
     evals = [h for h in collapse.history if HELD_OUT_ACCURACY in h]
-    eval_pairs = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     steps = trainer.state.global_step
     if warm:
         del trainer, model  # the trial's weights, optimizer state and activations: freed before the next trial

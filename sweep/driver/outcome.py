@@ -37,6 +37,7 @@ def collect_trials(results, config: SweepConfig, storage_path: str) -> pd.DataFr
                 divergence=config.train.divergence,
                 verdicts=config.train.verdicts,
                 attempts=attempts,
+                asha_grace=config.scheduler.grace_period if config.scheduler.asha else None,
             )
         )
     return pd.DataFrame(rows)

@@ -127,7 +127,12 @@ def _run_config(config: SweepConfig, plan: TunerPlan):
     from sweep.trials.progress import TrialProgress
     from sweep.trials.stoppers import DivergenceStopper
 
-    progress = TrialProgress(config.train.divergence, config.train.verdicts, table_every_s=PROGRESS_TABLE_EVERY_S)
+    progress = TrialProgress(
+        config.train.divergence,
+        config.train.verdicts,
+        table_every_s=PROGRESS_TABLE_EVERY_S,
+        asha_grace=config.scheduler.grace_period if config.scheduler.asha else None,
+    )
     return tune.RunConfig(
         name=config.name,
         storage_path=plan.storage_path,

@@ -46,6 +46,8 @@ class TrialProgress(Callback):
         verdicts: The sweep's verdict thresholds.
         table_every_s: Seconds between status tables (``0``: no tables).
         echo: Where lines go (``print`` with flush by default).
+        asha_grace: ASHA's first rung when the sweep prunes with ASHA (a trial that ends without its final report
+            after it was pruned, before it interrupted).
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class TrialProgress(Callback):
         *,
         table_every_s: float = 60.0,
         echo: Callable[[str], None] | None = None,
+        asha_grace: int | None = None,
     ) -> None:
         self.divergence = divergence
         self.verdicts = verdicts
+        self.asha_grace = asha_grace
         self.table_every_s = table_every_s
         self.echo = echo or _print_line
         self._results: dict[str, list[dict[str, Any]]] = {}
@@ -101,7 +105,7 @@ class TrialProgress(Callback):
     def _ended(self, trial, error: BaseException | None) -> None:
         row = self._row(trial)
         results = self._results.pop(trial.trial_id, [])
-        status, reason = status_of_reports(results, error, self.divergence, self.verdicts)
+        status, reason = status_of_reports(results, error, self.divergence, self.verdicts, self.asha_grace)
         row["status"] = status.value
         step = row.get(ReportKey.STEP.value)
         at = f" at step {step}" if step is not None else ""

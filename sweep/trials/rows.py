@@ -27,7 +27,8 @@ def trial_label(trial: Mapping[str, Any]) -> str:
 
 
 def replay_verdict(history: pd.DataFrame | None, divergence: DivergenceConfig) -> Verdict:
-    """The divergence verdict of a trial's reported training steps, with the rules the trial and the stopper apply.
+    """The divergence verdict of a trial's reported training steps and held-out evaluations, with the rules the trial
+    and the stopper apply.
 
     Recomputed from the history rather than taken from driver memory, so that a restarted driver agrees.
 
@@ -37,10 +38,8 @@ def replay_verdict(history: pd.DataFrame | None, divergence: DivergenceConfig) -
     """
     monitor = DivergenceMonitor(divergence)
     if history is not None and ReportKey.STEP in history:
-        if ReportKey.REPORT_TYPE in history:
-            history = history[history[ReportKey.REPORT_TYPE] == ReportType.TRAIN]
         for record in history.sort_values(ReportKey.STEP, kind="stable").to_dict("records"):
-            monitor.update(int(record[ReportKey.STEP]), record)
+            monitor.update_report(record)
     return monitor.final()
 
 
@@ -67,31 +66,44 @@ def replay_behaviour(
 
 
 def trial_status(
-    verdict: Verdict, behaviour: BehaviourVerdict | None, last: Mapping[str, Any], error: BaseException | None
+    verdict: Verdict,
+    behaviour: BehaviourVerdict | None,
+    last: Mapping[str, Any],
+    error: BaseException | None,
+    *,
+    asha_grace: int | None = None,
 ) -> tuple[TrialStatus, str | None]:
     """A trial's status and the reason for it.
 
     An error wins (the trial never finished); then a divergence (a verdict even if ASHA stopped the trial at the
-    same step); then, for a trial with its final report, its behavioural verdict; a trial that ended without any
-    of these was stopped by ASHA.
+    same step); then, for a trial with its final report, its behavioural verdict if settled, else ``unsettled``; a
+    trial that ended without any of these was stopped by ASHA if ASHA was on and it had reached a rung, else it was
+    interrupted.
 
     Args:
         verdict: From :func:`replay_verdict`.
         behaviour: From :func:`replay_behaviour`.
         last: The trial's last reported result.
         error: The error Tune recorded for it, if any.
+        asha_grace: ASHA's grace period (its first rung) when the sweep prunes with ASHA, else ``None``.
     """
     if error is not None:
         return TrialStatus.ERRORED, _first_line(error)
     if verdict.diverged:
         kind = f" ({verdict.kind})" if verdict.kind else ""
         return TrialStatus.DIVERGED, f"{verdict.reason}{kind}"
+    steps = _steps(last)
     if last.get(ReportKey.FINAL):
         if behaviour is None:
             return TrialStatus.COLLAPSED, "no finite held-out accuracy"
         reason = f"{behaviour.reason}: {behaviour.evidence.describe()}" if behaviour.evidence else None
+        if not behaviour.settled:
+            provisional = f"{behaviour.status} ({reason})" if reason else behaviour.status
+            return TrialStatus.UNSETTLED, f"provisionally {provisional}; {behaviour.unsettled_because}"
         return TrialStatus(behaviour.status), reason
-    return TrialStatus.PRUNED, f"asha at step {_steps(last)}"
+    if asha_grace is not None and steps >= asha_grace:
+        return TrialStatus.PRUNED, f"asha at step {steps}"
+    return TrialStatus.INTERRUPTED, f"ended at step {steps} without its final report (the sweep was stopped)"
 
 
 def trial_row(
@@ -104,6 +116,7 @@ def trial_row(
     divergence: DivergenceConfig,
     verdicts: VerdictConfig,
     attempts: int,
+    asha_grace: int | None = None,
 ) -> dict[str, Any]:
     """One row of ``trials.csv`` (plus the trial's ``config``) for a finished Tune trial.
 
@@ -116,11 +129,14 @@ def trial_row(
         divergence: The sweep's divergence thresholds.
         verdicts: The sweep's verdict thresholds.
         attempts: How many times the trial was started.
+        asha_grace: ASHA's first rung when the sweep prunes with ASHA (see :func:`trial_status`).
     """
     last = last or {}
     trial, loss = config["trial"], config["trial"]["loss"]
     verdict = replay_verdict(history, divergence)
-    status, reason = trial_status(verdict, replay_behaviour(history, last, verdicts), last, error)
+    status, reason = trial_status(
+        verdict, replay_behaviour(history, last, verdicts), last, error, asha_grace=asha_grace
+    )
     return {
         "trial_id": trial_id,
         "loss": loss["name"],
@@ -183,6 +199,7 @@ def status_of_reports(
     error: BaseException | None,
     divergence: DivergenceConfig,
     verdicts: VerdictConfig,
+    asha_grace: int | None = None,
 ) -> tuple[TrialStatus, str | None]:
     """A trial's status and reason from the reports Tune received, as it ends (the driver later judges the same
     reports from Tune's results with the same rules).
@@ -192,11 +209,12 @@ def status_of_reports(
         error: The error Tune recorded if the trial failed (:func:`tune_trial_error`), else ``None``.
         divergence: The sweep's divergence rules.
         verdicts: The sweep's verdict thresholds.
+        asha_grace: ASHA's first rung when the sweep prunes with ASHA (see :func:`trial_status`).
     """
     history = pd.DataFrame(results) if results else None
     last = results[-1] if results else {}
     verdict = replay_verdict(history, divergence)
-    return trial_status(verdict, replay_behaviour(history, last, verdicts), last, error)
+    return trial_status(verdict, replay_behaviour(history, last, verdicts), last, error, asha_grace=asha_grace)
 
 
 def tune_trial_error(trial) -> BaseException:

@@ -19,7 +19,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.stopper import Stopper
 
 from trainers.collapse import DivergenceConfig, DivergenceMonitor, Verdict
-from trainers.protocol import ReportKey, ReportType
 
 
 class DivergenceStopper(Stopper):
@@ -36,10 +35,7 @@ class DivergenceStopper(Stopper):
     def __call__(self, trial_id: str, result: Mapping[str, object]) -> bool:
         """Feed one result; ``True`` stops the trial (Ray's ``Stopper`` protocol)."""
         monitor = self._monitors.setdefault(trial_id, DivergenceMonitor(self.config))
-        step = result.get(ReportKey.STEP)
-        if step is None or result.get(ReportKey.REPORT_TYPE, ReportType.TRAIN) != ReportType.TRAIN:
-            return False
-        verdict = monitor.update(int(step), result)
+        verdict = monitor.update_report(result)
         return verdict is not None and verdict.diverged
 
     def stop_all(self) -> bool:

@@ -46,6 +46,14 @@ def _final(step: int, accuracy: float) -> dict:
     }
 
 
+def _learned(*accuracies: float) -> list[dict]:
+    """A training step and a held-out evaluation per step (enough of them for a settled verdict), then the end."""
+    reports = [
+        report for step, acc in enumerate(accuracies, start=1) for report in (_train(step, 0.6), _eval(step, acc))
+    ]
+    return [*reports, _final(len(accuracies), accuracies[-1])]
+
+
 def _progress(lines: list[str], table_every_s: float = 0.0) -> TrialProgress:
     return TrialProgress(
         DivergenceConfig(grace_steps=1), VerdictConfig(), table_every_s=table_every_s, echo=lines.append
@@ -56,12 +64,13 @@ def test_one_line_per_event_with_the_verdict_and_its_evidence():
     lines: list[str] = []
     progress, trial = _progress(lines), _trial("t0")
     progress.on_trial_start(0, [trial], trial)
-    for result in (_train(1, 0.69), _train(2, 0.6), _eval(2, 0.625), _train(3, 0.5), _eval(3, 0.875), _final(3, 0.875)):
+    for result in _learned(0.8125, 0.875, 0.875):
         progress.on_trial_result(0, [trial], trial, {str(k): v for k, v in result.items()})
     progress.on_trial_complete(0, [trial], trial)
     assert lines == [
         "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: started (t0)",
-        "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: step 2, held-out accuracy 0.625",
+        "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: step 1, held-out accuracy 0.812",
+        "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: step 2, held-out accuracy 0.875",
         "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: step 3, held-out accuracy 0.875",
         "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: stable at step 3",
     ]
@@ -73,12 +82,12 @@ def test_a_stalled_trial_says_why_and_an_errored_one_says_what_failed():
     stalled, failed = _trial("t1", "dpo"), _trial("t2", "dpo", error="CUDA out of memory")
     for trial in (stalled, failed):
         progress.on_trial_start(0, [stalled, failed], trial)
-    for result in (_train(1, 0.69), _eval(1, 0.5), _final(1, 0.5)):
+    for result in _learned(0.5, 0.5, 0.5):
         progress.on_trial_result(0, [stalled], stalled, {str(k): v for k, v in result.items()})
     progress.on_trial_result(0, [failed], failed, {str(k): v for k, v in _train(1, 0.7).items()})
     progress.on_trial_complete(0, [stalled, failed], stalled)
     progress.on_trial_error(0, [stalled, failed], failed)
-    assert lines[-2].startswith("[trial] dpo bkl=0.05 seed=0: stalled at step 1 (no_learning: ")
+    assert lines[-2].startswith("[trial] dpo bkl=0.05 seed=0: stalled at step 3 (no_learning: ")
     assert (
         lines[-1].startswith("[trial] dpo bkl=0.05 seed=0: errored at step 1 (") and "CUDA out of memory" in lines[-1]
     )
@@ -91,10 +100,10 @@ def test_a_restarted_trial_is_judged_on_its_new_attempt_only():
     progress.on_trial_start(0, [trial], trial)
     progress.on_trial_result(0, [trial], trial, {str(k): v for k, v in _train(1, math.nan).items()})
     progress.on_trial_start(0, [trial], trial)
-    for result in (_train(1, 0.6), _eval(1, 0.875), _final(1, 0.875)):
+    for result in _learned(0.875, 0.875, 0.875):
         progress.on_trial_result(0, [trial], trial, {str(k): v for k, v in result.items()})
     progress.on_trial_complete(0, [trial], trial)
-    assert lines[-1] == "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: stable at step 1"
+    assert lines[-1] == "[trial] dlrml bkl=0.05 bmix=0.2 seed=0: stable at step 3"
 
 
 def test_status_table_shows_what_a_user_watches():

@@ -38,14 +38,28 @@ def final(step: int, accuracy: float) -> dict[str, float]:
     }
 
 
-def row(reports: list[dict[str, float]], error: BaseException | None = None) -> dict:
+def held_out_run(*accuracies: float, drifts: tuple[float, ...] = ()) -> list[dict[str, float]]:
+    """A trial that trained one step per evaluation: a training step then a held-out evaluation at each step (and
+    the reference's evaluation at step 0), with the given accuracies and held-out chosen drifts, then its final
+    report."""
+    reports = [held_out(0, 0.0)]
+    for step, accuracy in enumerate(accuracies, start=1):
+        reports += [train(step), held_out(step, accuracy)]
+        if drifts:
+            reports[-1]["eval_logps/chosen_drift_per_token"] = drifts[step - 1]
+    return [*reports, final(len(accuracies), accuracies[-1])]
+
+
+def row(reports: list[dict[str, float]], error: BaseException | None = None, **kwargs) -> dict:
     history = pd.DataFrame([{str(k): v for k, v in r.items()} for r in reports]) if reports else None
     last = {str(k): v for k, v in reports[-1].items()} if reports else {}
-    return trial_row(CONFIG, history, last, error, trial_id="t0", divergence=DIVERGENCE, verdicts=VERDICTS, attempts=1)
+    return trial_row(
+        CONFIG, history, last, error, trial_id="t0", divergence=DIVERGENCE, verdicts=VERDICTS, attempts=1, **kwargs
+    )
 
 
 def test_a_trial_that_learned_beyond_noise_is_stable():
-    out = row([train(1), train(2), held_out(2, 0.6), train(3), train(4), held_out(4, 0.8125), final(4, 0.8125)])
+    out = row(held_out_run(0.6, 0.8125, 0.875, 0.8125))
     assert out["status"] == TrialStatus.STABLE and out["reason"] is None
     assert out["steps"] == 4 and out["eval_accuracy"] == 0.8125 and math.isnan(out["diverged_step"])
     assert (out["loss"], out["form"], out["beta_kl"], out["beta_mix"], out["seed"]) == ("dlrml", "stable", 0.05, 0.2, 1)
@@ -54,42 +68,61 @@ def test_a_trial_that_learned_beyond_noise_is_stable():
 
 def test_a_trial_at_chance_within_noise_stalled():
     """0.75 is exactly the noise bound 0.5 + 2 * 0.125 over 16 pairs: not above it, so no learning is shown."""
-    out = row([train(1), held_out(1, 0.5625), train(2), held_out(2, 0.75), final(2, 0.75)])
+    out = row(held_out_run(0.5625, 0.625, 0.75))
     assert out["status"] == TrialStatus.STALLED
-    assert out["reason"].startswith("no_learning: eval_rewards/accuracies=0.75 vs 0.75 at step 2")
+    assert out["reason"].startswith("no_learning: eval_rewards/accuracies=0.75 vs 0.75 at step 3")
 
 
 def test_a_trial_that_learned_then_fell_back_to_chance_collapsed():
-    out = row([train(1), held_out(1, 0.875), train(2), held_out(2, 0.5), final(2, 0.5)])
+    """Best 0.9375, then 0.5: a fall of 0.44 beats the best-of-2..4 significance bar over 16 pairs (0.40-0.45)."""
+    out = row(held_out_run(0.875, 0.9375, 0.5, 0.5, 0.4375))
     assert out["status"] == TrialStatus.COLLAPSED and out["reason"].startswith("accuracy_back_to_chance")
 
 
-def test_likelihood_collapse_is_read_from_the_held_out_per_token_drift():
-    collapsed = {**held_out(2, 0.875), "eval_logps/chosen_drift_per_token": -2.0}
-    out = row([train(1), train(2), collapsed, final(2, 0.875)])
+def test_likelihood_collapse_needs_the_chosen_likelihood_to_fall_and_the_preference_to_go():
+    drifts = (-0.5, -1.0, -2.0, -2.2, -2.5)
+    out = row(held_out_run(0.875, 0.9375, 0.5, 0.5, 0.4375, drifts=drifts))
     assert out["status"] == TrialStatus.COLLAPSED
-    assert out["reason"] == "likelihood_collapse: eval_logps/chosen_drift_per_token=-2 vs -1.5 at step 2"
+    assert out["reason"] == "likelihood_collapse: eval_logps/chosen_drift_per_token=-2.5 vs -1.5 at step 5"
+    kept = row(held_out_run(0.875, 0.9375, 0.875, 0.875, 0.9375, drifts=drifts))
+    assert kept["status"] == TrialStatus.STABLE, "a falling chosen likelihood with the preference kept is DPO's drift"
 
 
-def test_a_trial_stopped_without_final_report_or_divergence_was_pruned():
-    out = row([train(1), train(2), held_out(2, 0.4)])
-    assert out["status"] == TrialStatus.PRUNED
-    assert out["reason"] == "asha at step 2"
+def test_a_trial_whose_verdict_still_changes_at_its_end_is_unsettled():
+    out = row(held_out_run(0.5, 0.625, 0.8125))
+    assert out["status"] == TrialStatus.UNSETTLED
+    assert out["reason"].startswith("provisionally stable; verdict changed over the last evaluations")
+
+
+@pytest.mark.parametrize(("asha_grace", "expected"), [(None, TrialStatus.INTERRUPTED), (2, TrialStatus.PRUNED)])
+def test_a_trial_without_final_report_or_divergence_was_pruned_only_under_asha(asha_grace, expected):
+    out = row([train(1), train(2), held_out(2, 0.4)], asha_grace=asha_grace)
+    assert out["status"] == expected
+    assert out["reason"] == (
+        "asha at step 2" if asha_grace else "ended at step 2 without its final report (the sweep was stopped)"
+    )
     assert out["eval_accuracy"] == 0.4
 
 
 def test_a_non_finite_loss_is_a_divergence_at_its_step_even_if_asha_also_stopped_it():
-    out = row([train(1), train(2, grad_norm=3.0), train(3, loss=math.nan)])
+    out = row([train(1), train(2, grad_norm=3.0), train(3, loss=math.nan)], asha_grace=2)
     assert out["status"] == TrialStatus.DIVERGED
     assert out["diverged_step"] == 3
     assert out["reason"].startswith("non_finite_loss")
     assert out["nan_inf_steps"] == 1 and out["grad_norm_max"] == 3.0
 
 
-def test_evaluation_reports_never_count_as_divergence():
-    """A NaN in an eval or final report is not a training step: only training reports feed the monitor."""
-    nan_eval = {**held_out(2, math.nan), "loss": math.nan}
+def test_a_non_finite_held_out_loss_diverges_the_trial_like_a_training_one():
+    """Defect 6 of issue 23: NaN during held-out evaluation was not counted."""
+    nan_eval = {**held_out(2, 0.5), "eval_loss": math.nan, "eval_nan_inf/loss": 3.0}
     out = row([train(1), train(2), nan_eval, train(3), final(3, 0.9)])
+    assert out["status"] == TrialStatus.DIVERGED and out["diverged_step"] == 2
+    assert out["reason"] == "non_finite_loss (numerical)"
+
+
+def test_an_evaluation_row_is_read_from_its_own_values():
+    """A row of Tune's frame carries every column: an evaluation's NaN ``loss`` (a training column) is no step."""
+    out = row([*held_out_run(0.875, 0.9375, 0.875)[:-1], {**held_out(3, 0.875), "loss": math.nan}, final(3, 0.875)])
     assert out["status"] == TrialStatus.STABLE and out["nan_inf_steps"] == 0
 
 
@@ -112,10 +145,11 @@ def test_reports_out_of_order_are_replayed_by_step():
 
 @pytest.mark.parametrize(
     ("last", "expected"),
-    [({"final": 1}, TrialStatus.COLLAPSED), ({"step": 3}, TrialStatus.PRUNED)],
+    [({"final": 1}, TrialStatus.COLLAPSED), ({"step": 3}, TrialStatus.INTERRUPTED)],
 )
 def test_status_without_divergence_or_evaluation(last, expected):
-    """A trial that reported its end but no finite held-out accuracy is collapsed; one that did not end, pruned."""
+    """A trial that reported its end but no finite held-out accuracy is collapsed; one that did not end and was not
+    under ASHA, interrupted."""
     assert trial_status(replay_verdict(None, DIVERGENCE), None, last, None)[0] == expected
 
 

@@ -152,15 +152,30 @@ def test_missing_grad_norm_skips_the_gradient_rules():
 # ------------------------------------------------------------------------------- bookkeeping and verdict
 
 
-def test_eval_and_summary_dicts_are_ignored_and_do_not_use_up_the_grace_period():
+def test_eval_and_summary_dicts_do_not_use_up_the_grace_period():
     """With grace 2, ``train, eval, train(100)`` is still inside the grace period; had the evaluation counted as
-    a step, the third dict would be checked against threshold 10."""
+    a step, the third dict would be checked against threshold 10. HF's end-of-training summary is no step either."""
     monitor = DivergenceMonitor(DivergenceConfig(grace_steps=2, loss_explosion_factor=10.0))
     assert monitor.update(1, _step(1.0)) is None
-    assert monitor.update(1, {"eval_loss": math.nan, "eval_rewards/accuracies": 0.5}) is None
+    assert monitor.update(1, {"eval_loss": 0.7, "eval_rewards/accuracies": 0.5, "eval_nan_inf/loss": 0.0}) is None
     assert monitor.update(1, {"train_loss": math.inf, "train_runtime": 3.0}) is None
     assert monitor.update(2, _step(100.0)) is None
     assert monitor.verdict is None
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "kind"),
+    [
+        ({"eval_loss": math.nan, "eval_rewards/accuracies": 0.5}, "numerical"),
+        ({"eval_loss": 0.7, "eval_nan_inf/loss": 2.0, "eval_nan_inf/genuine": 1.0}, "genuine"),
+    ],
+)
+def test_a_non_finite_held_out_evaluation_diverges_like_a_training_step(evaluation, kind):
+    """Non-finite values in a held-out evaluation are counted like those in training (issue 23, defect 6)."""
+    monitor = DivergenceMonitor()
+    verdict = monitor.update(4, evaluation)
+    assert verdict.diverged and verdict.reason == "non_finite_loss" and verdict.step == 4 and verdict.kind == kind
+    assert verdict.detail.startswith("held-out evaluation: eval_loss=")
 
 
 def test_verdict_is_sticky():
