@@ -3,11 +3,11 @@
 The proposal for dLRML (decoupled DiscoPOP) expects:
 
 * (a) no NaN runs for dLRML across beta_kl in [0.01, 0.5] x beta_mix in [0.05, 0.5];
-* (b) DiscoPOP failing in > 40 % of runs at beta >= 0.25, and (b') dLRML failing less there;
+* (b) DiscoPOP failing (not usable) in > 40 % of runs at beta >= 0.25, and (b') dLRML failing less there;
 * (c) +0.5 to +1.0 MT-Bench for dLRML over DiscoPOP, and over DPO;
 * (d) +2 to +3 % AlpacaEval 2.0 LC win rate over DiscoPOP, and +6 to +8 % over DPO;
 * (e) safe gradient norms at high beta_mix;
-* (f) DiscoPOP stalling at small beta and collapsing at large beta, as the DiscoPOP paper (Lu et al., 2024) saw;
+* (f) DiscoPOP stuck at very small beta and unstable at very large beta, as the DiscoPOP paper (Lu et al., 2024) saw;
 * (g) decoupling widening the range of usable betas.
 
 The rules live in :mod:`sweep.claims.rules` (rates) and :mod:`sweep.claims.scores` (scores, gradients); each is
@@ -24,6 +24,7 @@ import pandas as pd
 
 from sweep.claims.rules import (
     FORMS,
+    MIN_SEEDS,
     NO_DATA,
     Claim,
     claim_a,
@@ -34,6 +35,7 @@ from sweep.claims.rules import (
     measured_trials,
 )
 from sweep.claims.scores import claim_c, claim_d, claim_e
+from trainers.protocol import Failure
 
 __all__ = ["Claim", "evaluate_claims", "render_claims", "write_claims"]
 
@@ -104,14 +106,23 @@ def render_claims(claims: list[Claim], *, sweep_name: str, n_trials: int) -> str
     else:
         lines += [
             f"{n_trials} trial(s): {counts['supported']} claim(s) supported, {counts['refuted']} refuted, "
-            f"{counts[NO_DATA]} with not enough data. Pruned and errored trials carry no verdict and are not "
-            "counted; intervals are 95 % (Wilson for rates, bootstrap over trials and questions for scores).",
+            f"{counts[NO_DATA]} with not enough data. Unsettled, pruned, interrupted and errored trials carry no "
+            f"verdict and are not counted; no claim uses a cell of fewer than {MIN_SEEDS} verdict trials; failure is "
+            f"{Failure.FAILED.meaning} ({Failure.UNSTABLE.meaning}); intervals are 95 % (Wilson for rates, bootstrap "
+            "over trials and questions for scores).",
             "",
         ]
-    lines += ["| claim | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {c.id}: {_cell(c.statement)} | {_cell(c.measured)} | {c.verdict} |" for c in claims]
+    lines += ["| claim | tests | measured | verdict |", "|---|---|---|---|"]
+    lines += [
+        f"| {c.id}: {_cell(c.statement)} | {_cell(c.tests)} | {_cell(c.measured)} | {c.verdict} |" for c in claims
+    ]
     for c in claims:
-        lines += ["", f"## {c.id}: {c.statement}", "", f"**{c.verdict}**. Measured: {c.measured}. {c.reason}"]
+        lines += [
+            "",
+            f"## {c.id}: {c.statement}",
+            "",
+            f"**{c.verdict}**. Tests: {c.tests}. Measured: {c.measured}. {c.reason}",
+        ]
     return "\n".join(lines) + "\n"
 
 

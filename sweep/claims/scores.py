@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sweep.claims.rules import NO_DATA, REFUTED, SUPPORTED, Claim, column, reason_has, with_verdict
+from sweep.claims.rules import MIN_SEEDS, NO_DATA, REFUTED, SUPPORTED, Claim, column, reason_has, with_verdict
 from sweep.columns import AlpacaColumn, MTBenchColumn
 from sweep.confidence import BootstrapResult, bootstrap_mean_diff
 
-MIN_SCORED = 2
-"""Fewest scored trials per loss before a gap is estimated (one trial has no seed-to-seed spread)."""
+MIN_SCORED = MIN_SEEDS
+"""Fewest scored trials per loss before a gap is estimated (no claim is decided from single trials)."""
 UNSAFE_REASONS = ("grad_norm_explosion", "non_finite_grad")
 """Divergence reasons that mean the gradient norm left any safe range (``trainers/collapse.py``)."""
 
@@ -73,7 +73,13 @@ def _gap(
 
 
 def _gap_claim(
-    claim_id: str, statement: str, result: BootstrapResult | None, note: str, target: tuple[float, float], unit: str
+    claim_id: str,
+    statement: str,
+    result: BootstrapResult | None,
+    note: str,
+    target: tuple[float, float],
+    unit: str,
+    tests: str,
 ) -> Claim:
     """Verdict on a bootstrapped gap against the proposal's ``target`` range.
 
@@ -86,7 +92,7 @@ def _gap_claim(
         f"below {lo_t:g} or above {hi_t:g}; needs >= {MIN_SCORED} scored trials per loss."
     )
     if result is None:
-        return Claim(claim_id, statement, "too few scored trials", NO_DATA, f"Only {note}. {rule}")
+        return Claim(claim_id, statement, "too few scored trials", NO_DATA, f"Only {note}. {rule}", tests)
     low, high = result.low, result.high
     if high < lo_t:
         verdict, why = REFUTED, f"the CI lies entirely below {lo_t:g}"
@@ -101,7 +107,7 @@ def _gap_claim(
         f"Gap {measured} from {note}; {result.n_values_a} vs {result.n_values_b} scores, "
         f"{result.n_boot} bootstrap replicates over trials and questions. {why[0].upper()}{why[1:]}. {rule}"
     )
-    return Claim(claim_id, statement, measured, verdict, detail)
+    return Claim(claim_id, statement, measured, verdict, detail, tests)
 
 
 def claim_c(df: pd.DataFrame, form: str, question_scores: pd.DataFrame | None = None, *, baseline: str = "discopop"):
@@ -110,7 +116,8 @@ def claim_c(df: pd.DataFrame, form: str, question_scores: pd.DataFrame | None = 
     result, note = _gap(df, ("dlrml", form), (baseline, base_form), MTBenchColumn.SCORE, question_scores)
     suffix = "" if baseline == "discopop" else f"-{baseline}"
     statement = f"dLRML ({form}) scores +0.5 to +1.0 MT-Bench over {baseline} ({base_form})."
-    return _gap_claim(f"c{suffix}[{form}]", statement, result, note, (0.5, 1.0), "")
+    tests = f"MT-Bench score gap over scored verdict trials, >= {MIN_SCORED} per loss at shared beta_kl"
+    return _gap_claim(f"c{suffix}[{form}]", statement, result, note, (0.5, 1.0), "", tests)
 
 
 ALPACA_TARGETS = {"discopop": (2.0, 3.0), "dpo": (6.0, 8.0)}
@@ -126,10 +133,11 @@ def claim_d(df: pd.DataFrame, form: str, *, baseline: str = "discopop") -> Claim
         f"dLRML ({form}) gains +{low:g} to +{high:g} % AlpacaEval 2.0 LC win rate over {baseline} ({base_form})."
     )
     lc = AlpacaColumn.LC
+    tests = f"AlpacaEval LC win-rate gap over scored verdict trials, >= {MIN_SCORED} per loss at shared beta_kl"
     if lc not in df or not np.isfinite(pd.to_numeric(df[lc], errors="coerce")).any():
-        return Claim(claim_id, statement, "no AlpacaEval scores", NO_DATA, f"The sweep has no {lc} scores.")
+        return Claim(claim_id, statement, "no AlpacaEval scores", NO_DATA, f"The sweep has no {lc} scores.", tests)
     result, note = _gap(df, ("dlrml", form), (baseline, base_form), lc, None)
-    return _gap_claim(claim_id, statement, result, note, (low, high), " pts")
+    return _gap_claim(claim_id, statement, result, note, (low, high), " pts", tests)
 
 
 def grad_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -153,13 +161,16 @@ def claim_e(df: pd.DataFrame, form: str, *, safe_factor: float = 10.0) -> Claim:
 
     Supported if, at the highest beta_mix, the largest per-trial p95 gradient norm is at most ``safe_factor`` times
     the median p95 at the lowest beta_mix *and* no trial there diverged with an exploding or non-finite gradient;
-    refuted if either fails; not enough data with fewer than two beta_mix values or no p95 at either end.
+    refuted if either fails; not enough data with fewer than two beta_mix values of at least ``MIN_SEEDS`` verdict
+    trials each or no p95 at either end.
     """
     table = grad_table(with_verdict(df, "dlrml", form))
+    table = table[table["n"] >= MIN_SEEDS]
     statement = f"dLRML ({form}) gradient norms stay in a safe range at high beta_mix."
+    tests = "p95 and max pre-clip gradient norm per beta_mix, and divergences with an exploding or non-finite gradient"
     if len(table) < 2 or not np.isfinite(table["p95_median"].iloc[0]) or not np.isfinite(table["p95_max"].iloc[-1]):
-        why = "Needs gradient norms (grad_norm_p95) at two or more beta_mix values of verdict trials."
-        return Claim(f"e[{form}]", statement, "fewer than 2 beta_mix values with gradient norms", NO_DATA, why)
+        why = f"Needs gradient norms (grad_norm_p95) at two or more beta_mix values of >= {MIN_SEEDS} verdict trials."
+        return Claim(f"e[{form}]", statement, "fewer than 2 beta_mix values with gradient norms", NO_DATA, why, tests)
     low_mix, high_mix = table.index[0], table.index[-1]
     limit = safe_factor * table["p95_median"].iloc[0]
     top, unsafe = table["p95_max"].iloc[-1], int(table["unsafe"].iloc[-1])
@@ -178,4 +189,4 @@ def claim_e(df: pd.DataFrame, form: str, *, safe_factor: float = 10.0) -> Claim:
         f"x the median p95 at the lowest beta_mix ({low_mix:g}), and no trial there may diverge with "
         f"{' or '.join(UNSAFE_REASONS)}.\n\n" + "\n".join(lines)
     )
-    return Claim(f"e[{form}]", statement, measured, verdict, reason)
+    return Claim(f"e[{form}]", statement, measured, verdict, reason, tests)

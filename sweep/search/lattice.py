@@ -32,7 +32,7 @@ from typing import Any
 
 from sweep.confidence import wilson_interval
 from sweep.config import AdaptiveConfig, GridConfig
-from sweep.stability.cells import UNDETERMINED, cell_verdict
+from sweep.stability.cells import UNDETERMINED, UNSETTLED, cell_verdict
 from trainers.config import LossConfig
 from trainers.protocol import TrialStatus
 
@@ -288,9 +288,9 @@ class AdaptivePlanner:
         return high - low > self.config.interval_width
 
     def _mixed(self, lattice: Lattice, cells: list[tuple[int, int]]) -> bool:
-        """Whether the recorded verdicts of these cells differ (or one is ``undetermined``)."""
+        """Whether the recorded verdicts of these cells differ (or one is ``undetermined`` or ``unsettled``)."""
         seen = {self.verdict(lattice.cell(i, j)) for i, j in cells} - {None}
-        return len(seen) > 1 or UNDETERMINED in seen
+        return len(seen) > 1 or bool(seen & {UNDETERMINED, UNSETTLED})
 
     def _disagrees(self, lattice: Lattice, box: Box) -> bool:
         return self._mixed(lattice, box.perimeter())

@@ -4,17 +4,17 @@ After a sweep the driver holds one row per Ray Tune trial. This module groups th
 (one cell per ``(loss, form, beta_kl, beta_mix)`` point, the seeds being repeats) and computes how often each
 cell fails.
 
-A trial fails when it diverged (non-finite loss or gradients, gradient-norm explosion, ...), collapsed (likelihood
-collapse, accuracy back at chance) or stalled (no learning beyond noise): the failure modes the DiscoPOP paper
-(Lu et al., 2024, "Discovering Preference Optimization Algorithms with and for Large Language Models") reports for
-LRML, mapped here for it and its decoupled variant dLRML. Only those verdicts and ``stable`` count
-(:attr:`TrialStatus.has_verdict`). A trial that ASHA (Li et al., 2020) pruned was judged *weak* at a rung and
-stopped: it did not diverge *yet*, which says nothing about the steps it never ran. Pruned and errored (crash,
-lost worker) trials are therefore left out of the denominator:
+Failure has one definition (:class:`trainers.protocol.Failure`), counted over the trials with a verdict
+(:attr:`TrialStatus.has_verdict`: stable, stalled, reversed, collapsed, diverged):
 
-    failure_rate = (n_stalled + n_collapsed + n_diverged) / n_verdict
+    failed_rate   = (n_stalled + n_reversed + n_collapsed + n_diverged) / n_verdict   (not usable)
+    unstable_rate = (n_collapsed + n_diverged) / n_verdict                            (training went wrong)
 
-with a Wilson score interval over the cell's seeds (``failure_low``, ``failure_high``).
+each with a Wilson score interval over the cell's seeds. These are the failure modes the DiscoPOP paper (Lu et al.,
+2024) reports for LRML ("stuck in local minima" at small beta, collapse or divergence at large beta), mapped here for
+it and its decoupled variant dLRML. An unsettled trial (still moving at the end of its budget), a trial that ASHA
+(Li et al., 2020) pruned (judged *weak* at a rung: it did not fail *yet*), an interrupted and an errored one say
+nothing about the loss, so they are left out of the denominator.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ import pandas as pd
 
 from sweep.columns import AlpacaColumn, MTBenchColumn
 from sweep.confidence import wilson_interval
-from trainers.protocol import TrialStatus
+from trainers.protocol import Failure, TrialStatus
+
+
+def failure_columns(failure: Failure) -> tuple[str, str, str, str]:
+    """The cell-frame columns of a failure category: its count, rate and Wilson interval, e.g. ``n_failed``,
+    ``failed_rate``, ``failed_low``, ``failed_high``."""
+    return f"n_{failure}", f"{failure}_rate", f"{failure}_low", f"{failure}_high"
+
 
 #: Columns every trial frame must carry.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -51,9 +58,11 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
 )
 #: The point that identifies a cell.
 CELL_KEYS: tuple[str, ...] = ("loss", "form", "beta_kl", "beta_mix")
-#: A cell's ``verdict`` when none of its trials carries one.
+#: A cell's ``verdict`` when none of its trials carries one and none is unsettled.
 UNDETERMINED = "undetermined"
-#: Cell-frame column counting the trials of each status (``n_completed``, ``n_pruned``, ...).
+#: A cell's ``verdict`` when none of its trials carries one but some trained to the end unsettled.
+UNSETTLED = TrialStatus.UNSETTLED.value
+#: Cell-frame column counting the trials of each status (``n_stable``, ``n_pruned``, ...).
 STATUS_COUNT_COLUMNS: dict[TrialStatus, str] = {status: f"n_{status.value}" for status in TrialStatus}
 #: Columns of the frame returned by :func:`aggregate_cells`, in order.
 CELL_COLUMNS: tuple[str, ...] = (
@@ -61,9 +70,7 @@ CELL_COLUMNS: tuple[str, ...] = (
     "n_trials",
     *STATUS_COUNT_COLUMNS.values(),
     "n_verdict",
-    "failure_rate",
-    "failure_low",
-    "failure_high",
+    *(column for failure in Failure for column in failure_columns(failure)),
     "verdict",
     "median_steps_to_divergence",
     "eval_accuracy_mean",
@@ -83,7 +90,7 @@ MT_BENCH_RANGE: tuple[float, float] = (0.0, 10.0)
 # Statuses whose held-out accuracy a cell averages: trials that ran without diverging or crashing.
 _SCORED_STATUSES: tuple[TrialStatus, ...] = tuple(s for s in TrialStatus if s.trained_to_end or s is TrialStatus.PRUNED)
 # Order in which a mixed cell's failure kinds name its verdict on a tie (the most severe first).
-_FAILURE_ORDER: tuple[TrialStatus, ...] = (TrialStatus.DIVERGED, TrialStatus.COLLAPSED, TrialStatus.STALLED)
+_FAILURE_ORDER: tuple[TrialStatus, ...] = tuple(reversed(Failure.FAILED.statuses))
 # Numeric trial columns, coerced to float64.
 _NUMERIC_COLUMNS: tuple[str, ...] = (
     "beta_kl",
@@ -287,11 +294,14 @@ def _median_or_nan(values: pd.Series) -> float:
 
 def cell_verdict(counts: dict[TrialStatus, int]) -> str:
     """A cell's verdict from its status counts: ``stable`` when every trial with a verdict is stable, else its most
-    frequent failure (ties: the most severe), ``undetermined`` without any verdict."""
+    frequent failure (ties: the most severe); without any verdict ``unsettled`` when a trial trained to the end
+    unsettled, else ``undetermined``."""
     failures = [(counts.get(s, 0), -_FAILURE_ORDER.index(s), s) for s in _FAILURE_ORDER if counts.get(s, 0)]
     if failures:
         return str(max(failures)[2])
-    return str(TrialStatus.STABLE) if counts.get(TrialStatus.STABLE, 0) else UNDETERMINED
+    if counts.get(TrialStatus.STABLE, 0):
+        return str(TrialStatus.STABLE)
+    return UNSETTLED if counts.get(TrialStatus.UNSETTLED, 0) else UNDETERMINED
 
 
 def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[str, object]:
@@ -300,7 +310,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
     Args:
         key: The cell's ``(loss, form, beta_kl, beta_mix)``.
         group: The cell's rows of the validated trial frame.
-        stable_threshold: Largest failure rate still called stable.
+        stable_threshold: Largest failed rate still called stable.
 
     Returns:
         One row of the cell frame, keyed by :data:`CELL_COLUMNS`.
@@ -309,9 +319,16 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
     status = group["status"]
     counts = {member: int((status == member.value).sum()) for member in TrialStatus}
     n_verdict = sum(n for member, n in counts.items() if member.has_verdict)
-    n_failed = sum(n for member, n in counts.items() if member.is_failure)
-    failure_rate = n_failed / n_verdict if n_verdict else math.nan
-    low, high = wilson_interval(n_failed, n_verdict)
+    rates: dict[str, object] = {}
+    for failure in Failure:
+        n_fail = sum(n for member, n in counts.items() if failure.includes(member))
+        rates.update(
+            zip(
+                failure_columns(failure),
+                (n_fail, n_fail / n_verdict if n_verdict else math.nan, *wilson_interval(n_fail, n_verdict)),
+                strict=True,
+            )
+        )
 
     diverged = group[status == TrialStatus.DIVERGED.value]
     divergence_steps = diverged["diverged_step"].fillna(diverged["steps"])
@@ -326,9 +343,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
         "n_trials": len(group),
         **{STATUS_COUNT_COLUMNS[member]: n for member, n in counts.items()},
         "n_verdict": n_verdict,
-        "failure_rate": failure_rate,
-        "failure_low": low,
-        "failure_high": high,
+        **rates,
         "verdict": cell_verdict(counts),
         "median_steps_to_divergence": _median_or_nan(divergence_steps),
         "eval_accuracy_mean": _mean_or_nan(judged),
@@ -340,7 +355,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, stable_threshold: float) -> dict[
         "n_alpaca": int(alpaca.notna().sum()),
         "alpaca_lc_mean": _mean_or_nan(alpaca),
         "alpaca_lc_std": _std_or_nan(alpaca),
-        "stable": bool(n_verdict > 0 and failure_rate <= stable_threshold),
+        "stable": bool(n_verdict > 0 and rates["failed_rate"] <= stable_threshold),
     }
 
 
@@ -350,23 +365,24 @@ def aggregate_cells(trials: pd.DataFrame, *, stable_threshold: float = 0.0) -> p
     Per cell:
 
     * ``n_<status>`` per :class:`TrialStatus`; ``n_verdict`` counts the trials whose status
-      :attr:`~TrialStatus.has_verdict` (stable, stalled, collapsed, diverged).
-    * ``failure_rate`` = failures (:attr:`~TrialStatus.is_failure`) / ``n_verdict``, with its 95 % Wilson
-      interval ``failure_low`` / ``failure_high``; NaN when no trial has a verdict (e.g. every seed was pruned).
-    * ``verdict``: :func:`cell_verdict` (``undetermined`` without any verdict).
+      :attr:`~TrialStatus.has_verdict` (stable, stalled, reversed, collapsed, diverged).
+    * per :class:`~trainers.protocol.Failure` category (``failed``, ``unstable``): its count ``n_failed``, its rate
+      over ``n_verdict`` ``failed_rate`` and the 95 % Wilson interval ``failed_low`` / ``failed_high``; NaN when no
+      trial has a verdict (e.g. every seed was pruned).
+    * ``verdict``: :func:`cell_verdict` (``unsettled`` or ``undetermined`` without any verdict).
     * ``median_steps_to_divergence`` over diverged trials: their ``diverged_step``, or ``steps`` (where the
       trainer stopped) for a diverged trial that did not record the step. NaN without diverged trials.
     * ``eval_accuracy_mean`` / ``_std`` / ``_median`` over trials that trained to the end or were pruned (held-out
       preference accuracy, :data:`trainers.protocol.HELD_OUT_ACCURACY`), missing values ignored.
     * ``mt_bench_mean`` / ``_std`` over trials with an MT-Bench score, ``n_mt_bench`` their count; likewise
       ``alpaca_lc_mean`` / ``_std`` / ``n_alpaca`` for the AlpacaEval LC win rate (percent).
-    * ``stable``: ``failure_rate <= stable_threshold``; a cell without a verdict is never stable.
+    * ``stable``: ``failed_rate <= stable_threshold``; a cell without a verdict is never stable.
 
     A missing ``beta_mix`` (losses without a mixing temperature) is its own group key, not dropped.
 
     Args:
         trials: One row per trial (see :func:`validate_trials`).
-        stable_threshold: Largest failure rate still called stable, in ``[0, 1]``.
+        stable_threshold: Largest failed rate still called stable, in ``[0, 1]``.
 
     Returns:
         One row per cell with :data:`CELL_COLUMNS`, sorted by loss, form, ``beta_kl`` and ``beta_mix`` (missing

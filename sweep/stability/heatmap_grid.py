@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 
 from sweep.stability.cells import MT_BENCH_RANGE, STATUS_COUNT_COLUMNS
-from trainers.protocol import HELD_OUT_ACCURACY, TrialStatus
+from trainers.protocol import HELD_OUT_ACCURACY, Failure, TrialStatus
 
-_COLLAPSE_CMAP = "Reds"
+_FAILED_CMAP = "Reds"
 _SCORE_CMAP = "viridis"
-# Collapse-panel labels (overview, per-loss figure) of a cell without a verdict whose trials all ended alike.
+# Failed-panel labels (overview, per-loss figure) of a cell without a verdict whose trials all ended alike.
 _NO_VERDICT_LABELS: dict[TrialStatus, tuple[str, str]] = {
     TrialStatus.PRUNED: (TrialStatus.PRUNED.value, f"all\n{TrialStatus.PRUNED}"),
     TrialStatus.ERRORED: ("err", f"all\n{TrialStatus.ERRORED}"),
+    TrialStatus.UNSETTLED: ("unset", f"all\n{TrialStatus.UNSETTLED}"),
+    TrialStatus.INTERRUPTED: ("intr", f"all\n{TrialStatus.INTERRUPTED}"),
 }
 # ... and of one whose trials ended in different ways without a verdict (some pruned, some errored).
 _MIXED_NO_VERDICT_LABELS: tuple[str, str] = ("n/a", "no\nverdict")
@@ -152,18 +154,18 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
         cells: Output of :func:`sweep.stability.cells.aggregate_cells` (every loss).
 
     Returns:
-        ``"collapse"``, ``"accuracy"``, ``"mt_bench"`` and ``"alpaca"`` panels; the score ranges span the sweep's
+        ``"failed"``, ``"accuracy"``, ``"mt_bench"`` and ``"alpaca"`` panels; the score ranges span the sweep's
         values.
     """
     acc_low, acc_high = _score_range(cells["eval_accuracy_mean"], (0.0, 1.0), 0.05)
     mt_low, mt_high = _score_range(cells["mt_bench_mean"], MT_BENCH_RANGE, 0.5)
     lc_low, lc_high = _score_range(cells["alpaca_lc_mean"], (0.0, 100.0), 5.0)
     return {
-        "collapse": Panel(
-            "failure_rate",
-            "failure rate",
-            "failed / verdicts (failed: stalled, collapsed or diverged)",
-            _COLLAPSE_CMAP,
+        "failed": Panel(
+            "failed_rate",
+            "failed rate",
+            f"failed / verdicts ({Failure.FAILED.meaning})",
+            _FAILED_CMAP,
             0.0,
             1.0,
             ".2f",
@@ -199,7 +201,7 @@ def panel_kinds(cells: pd.DataFrame) -> dict[str, Panel]:
 
 
 def _no_verdict_label(cell: pd.Series, *, detailed: bool) -> str:
-    """Collapse-panel label of a cell without any verdict: what ended its trials.
+    """Failed-panel label of a cell without any verdict: what ended its trials.
 
     Args:
         cell: A cell-frame row with ``n_verdict == 0``.
@@ -221,11 +223,11 @@ def _annotation(panel: Panel, cell: pd.Series | None, *, detailed: bool) -> str:
     Args:
         panel: What the heatmap shows.
         cell: The cell-frame row, or None where the sweep has no such cell.
-        detailed: Whether collapse rates also show ``diverged/verdicts`` counts (per-loss figures).
+        detailed: Whether failed rates also show ``failed/verdicts`` counts and the verdict (per-loss figures).
 
     Returns:
         The formatted value; for a missing value, why it is missing (``"n/a"`` on score panels, see
-        :func:`_no_verdict_label` on the collapse panel); empty without a cell.
+        :func:`_no_verdict_label` on the failed panel); empty without a cell.
     """
     if cell is None:
         return ""
@@ -233,13 +235,12 @@ def _annotation(panel: Panel, cell: pd.Series | None, *, detailed: bool) -> str:
         # Never shown as measured: an adaptive sweep's cell whose verdict comes from its neighbours.
         return f"inferred\n{cell['verdict']}" if detailed else f"({cell['verdict']})"
     value = float(cell[panel.column])
-    if panel.column != "failure_rate":
+    if panel.column != "failed_rate":
         return "n/a" if np.isnan(value) else f"{value:{panel.spec}}"
     if np.isnan(value):
         return _no_verdict_label(cell, detailed=detailed)
     if detailed:
-        failures = sum(int(cell[STATUS_COUNT_COLUMNS[status]]) for status in TrialStatus if status.is_failure)
-        return f"{value:{panel.spec}}\n{failures}/{int(cell['n_verdict'])}\n{cell['verdict']}"
+        return f"{value:{panel.spec}}\n{int(cell['n_failed'])}/{int(cell['n_verdict'])}\n{cell['verdict']}"
     return f"{value:{panel.spec}}"
 
 
@@ -249,7 +250,7 @@ def cell_labels(grid: Grid, panel: Panel, *, detailed: bool) -> list[list[str]]:
     Args:
         grid: One loss's grid.
         panel: What the heatmap shows.
-        detailed: Whether collapse rates also show ``diverged/verdicts`` counts (per-loss figures).
+        detailed: Whether failed rates also show ``failed/verdicts`` counts and the verdict (per-loss figures).
 
     Returns:
         One list per grid row with one label per column; ``""`` where the sweep has no such cell.
@@ -260,16 +261,14 @@ def cell_labels(grid: Grid, panel: Panel, *, detailed: bool) -> list[list[str]]:
     ]
 
 
-def heatmap_labels(
-    cells: pd.DataFrame, loss: str, kind: str = "collapse", *, detailed: bool = False
-) -> list[list[str]]:
+def heatmap_labels(cells: pd.DataFrame, loss: str, kind: str = "failed", *, detailed: bool = False) -> list[list[str]]:
     """The texts the heatmaps write into one loss's cells.
 
     Args:
         cells: Output of :func:`sweep.stability.cells.aggregate_cells`.
         loss: The map series whose grid is labelled (:func:`series_label`, e.g. ``dlrml[literal]``).
-        kind: Panel kind: ``"collapse"``, ``"accuracy"`` or ``"mt_bench"``.
-        detailed: Labels of the per-loss figures (collapse rates with ``diverged/verdicts``) rather than of
+        kind: Panel kind: ``"failed"``, ``"accuracy"`` or ``"mt_bench"``.
+        detailed: Labels of the per-loss figures (failed rates with ``failed/verdicts``) rather than of
             the overview.
 
     Returns:

@@ -36,7 +36,7 @@ class StabilityMap:
         trials: Validated per-trial frame (as written to ``trials.csv`` / ``trials.parquet``).
         cells: Per-cell frame from :func:`aggregate_cells` (as written to ``cells.csv`` / ``cells.parquet``).
         tables: ``trials.csv``, ``trials.parquet``, ``cells.csv``, ``cells.parquet``.
-        figures: Every PNG: per loss ``collapse_<loss>.png`` and ``score_<loss>.png``, then
+        figures: Every PNG: per loss ``failed_<loss>.png`` and ``score_<loss>.png``, then
             ``stability_overview.png``.
         files: ``tables`` followed by ``figures``.
     """
@@ -65,7 +65,7 @@ class StabilityMap:
                 raise ValueError(f"{path} is not a file written into {self.out_dir}")
 
     def figure(self, name: str) -> Path:
-        """Path of the figure called ``name`` (e.g. ``"collapse_dlrml.png"``).
+        """Path of the figure called ``name`` (e.g. ``"failed_dlrml.png"``).
 
         Raises:
             KeyError: If no such figure was written.
@@ -100,11 +100,11 @@ def write_stability_map(
 ) -> StabilityMap:
     """Writes the per-trial and per-cell tables and the stability heatmaps of a sweep.
 
-    Per loss, ``collapse_<loss>.png`` shows the collapse rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
+    Per loss, ``failed_<loss>.png`` shows the failed rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
     each cell annotated with the rate and ``diverged/verdicts``; ``score_<loss>.png`` shows the mean
     held-out preference accuracy and, when any trial of the loss has one, the mean MT-Bench score. Losses
     without a ``beta_mix`` axis get a one-row strip over ``beta_kl``. Stable cells are outlined in blue on
-    every panel; grey cells have no value: a collapse cell without a verdict is labelled by what ended its
+    every panel; grey cells have no value: a failed-rate cell without a verdict is labelled by what ended its
     trials (``pruned``, ``err``, or ``n/a`` for a mix), a score cell without a score ``n/a``, and a point
     absent from the sweep is left blank.
     ``stability_overview.png`` puts every loss side by side (one column each) with shared colour ranges.
@@ -112,7 +112,7 @@ def write_stability_map(
     Args:
         trials: One row per trial (see :func:`validate_trials`).
         out_dir: Output directory, created if needed.
-        stable_threshold: Largest failure rate still called stable, in ``[0, 1]``.
+        stable_threshold: Largest failed rate still called stable, in ``[0, 1]``.
         lattices: For an adaptive sweep, the grid lattices (:func:`sweep.search.lattice.lattices`): every lattice cell
             the sweep did not measure is added to ``cells.csv`` and the heatmaps with ``inferred=True`` and the
             assumption its verdict rests on (or ``unmeasured``); measured cells get ``inferred=False``.

@@ -1,6 +1,6 @@
 """Stability heatmaps: a sweep's cells drawn over the ``beta_kl x beta_mix`` grid, one set of figures per loss.
 
-Per loss, ``collapse_<loss>.png`` shows the collapse rate and ``score_<loss>.png`` the mean held-out preference
+Per loss, ``failed_<loss>.png`` shows the failed rate and ``score_<loss>.png`` the mean held-out preference
 accuracy (and the mean MT-Bench score where any trial has one); ``stability_overview.png`` puts every loss side
 by side. Stable cells are outlined in blue on every panel. What each panel shows, and the text in each cell,
 comes from :mod:`sweep.stability.heatmap_grid`.
@@ -177,7 +177,7 @@ def _file_stem(loss: str) -> str:
 def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float) -> list[Path]:
     """Draws every heatmap of a sweep into ``out_dir``.
 
-    Per loss, ``collapse_<loss>.png`` shows the collapse rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
+    Per loss, ``failed_<loss>.png`` shows the failed rate on the ``beta_kl`` (x) by ``beta_mix`` (y) grid,
     each cell annotated with the rate and ``diverged/verdicts``; ``score_<loss>.png`` shows the mean
     held-out preference accuracy and, when any trial of the loss has one, the mean MT-Bench score. Losses
     without a ``beta_mix`` axis get a one-row strip over ``beta_kl``. ``stability_overview.png`` puts every
@@ -189,7 +189,7 @@ def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float
         stable_threshold: The threshold ``cells`` was aggregated with (named in the outline legend).
 
     Returns:
-        The PNGs written: per loss (sorted) the collapse then the score figure, then the overview.
+        The PNGs written: per loss (sorted) the failed then the score figure, then the overview.
 
     Raises:
         ValueError: If two loss names map to the same file name.
@@ -205,13 +205,13 @@ def write_figures(cells: pd.DataFrame, out_dir: Path, *, stable_threshold: float
     figures = []
     for loss, stem in zip(losses, stems, strict=True):
         grid = grids[loss]
-        collapse = _loss_figure(grid, loss, [panels["collapse"]], stable_threshold)
-        figures.append(_save(collapse, out_dir / f"collapse_{stem}.png"))
+        failed = _loss_figure(grid, loss, [panels["failed"]], stable_threshold)
+        figures.append(_save(failed, out_dir / f"failed_{stem}.png"))
         score_panels = [panels["accuracy"]]
         score_panels += [panels[k] for k, column in _BENCHMARKS if grid.cells[column].notna().any()]
         figures.append(_save(_loss_figure(grid, loss, score_panels, stable_threshold), out_dir / f"score_{stem}.png"))
 
-    overview_panels = [panels["collapse"], panels["accuracy"]]
+    overview_panels = [panels["failed"], panels["accuracy"]]
     overview_panels += [panels[k] for k, column in _BENCHMARKS if cells[column].notna().any()]
     n_seeds = int(cells["n_trials"].max())
     overview = _overview_figure(grids, overview_panels, stable_threshold, n_seeds)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sweep.stability.cells import CELL_COLUMNS
-from trainers.protocol import TrialStatus
+from sweep.stability.cells import CELL_COLUMNS, failure_columns
+from trainers.protocol import Failure, TrialStatus
 
 _HEADER: tuple[str, ...] = (
     "loss",
@@ -17,9 +17,10 @@ _HEADER: tuple[str, ...] = (
     "beta_kl",
     "beta_mix",
     "n",
-    "stab/stall/coll/div",
-    "pruned/err",
-    "failure [95% CI]",
+    "stab/stall/rev/coll/div",
+    "unset/pruned/intr/err",
+    "failed [95% CI]",
+    "unstable [95% CI]",
     "div@step",
     "acc (sd)",
     "mt_bench (sd)",
@@ -63,22 +64,21 @@ def _table_line(row: tuple) -> tuple[str, ...]:
     Returns:
         The formatted fields.
     """
-    counts = "/".join(
-        str(getattr(row, f"n_{s.value}"))
-        for s in (TrialStatus.STABLE, TrialStatus.STALLED, TrialStatus.COLLAPSED, TrialStatus.DIVERGED)
-    )
-    failure = "-"
-    if row.n_verdict:
-        failure = f"{row.failure_rate:.2f} [{row.failure_low:.2f}, {row.failure_high:.2f}]"
+    verdicts = "/".join(str(getattr(row, f"n_{s.value}")) for s in TrialStatus if s.has_verdict)
+    others = "/".join(str(getattr(row, f"n_{s.value}")) for s in TrialStatus if not s.has_verdict)
+    rates = [
+        f"{getattr(row, rate):.2f} [{getattr(row, low):.2f}, {getattr(row, high):.2f}]" if row.n_verdict else "-"
+        for _, rate, low, high in (failure_columns(failure) for failure in Failure)
+    ]
     return (
         str(row.loss),
         str(row.form),
         format_beta(row.beta_kl),
         format_beta(row.beta_mix),
         str(row.n_trials),
-        counts,
-        f"{row.n_pruned}/{row.n_errored}",
-        failure,
+        verdicts,
+        others,
+        *rates,
         _fmt(row.median_steps_to_divergence, ".0f"),
         f"{_fmt(row.eval_accuracy_mean, '.3f')} ({_fmt(row.eval_accuracy_std, '.3f')})",
         f"{_fmt(row.mt_bench_mean, '.2f')} ({_fmt(row.mt_bench_std, '.2f')})",
@@ -91,7 +91,7 @@ def _verdict_text(row: tuple) -> str:
     """A cell's verdict as the table shows it: measured, inferred (adaptive sweeps, labelled so) or none."""
     if getattr(row, "inferred", False):
         return f"inferred: {row.verdict}"
-    return str(row.verdict) if row.n_verdict else "? (no verdict)"
+    return str(row.verdict) if row.n_verdict or row.verdict == TrialStatus.UNSETTLED else "? (no verdict)"
 
 
 def format_cells_table(cells: pd.DataFrame) -> str:
@@ -101,9 +101,10 @@ def format_cells_table(cells: pd.DataFrame) -> str:
         cells: Output of :func:`sweep.stability.cells.aggregate_cells`.
 
     Returns:
-        The table, one line per cell under a header: the counts of each verdict, of pruned and errored trials,
-        the failure rate with its Wilson interval, the mean (sd) held-out accuracy and MT-Bench score, and the
-        cell's verdict (``?`` for a cell without any: every trial pruned or errored). Missing numbers print ``-``.
+        The table, one line per cell under a header: the counts of each verdict, of the trials without one
+        (unsettled, pruned, interrupted, errored), the failed and unstable rates (:class:`trainers.protocol.Failure`)
+        with their Wilson intervals, the mean (sd) held-out accuracy and scores, and the cell's verdict
+        (``unsettled``, or ``?`` for a cell without any other reason). Missing numbers print ``-``.
 
     Raises:
         ValueError: If ``cells`` lacks any of :data:`CELL_COLUMNS`.

@@ -80,7 +80,7 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 _CELL_METRICS = (
-    ("failure_rate", "failure_rate"),
+    ("failed_rate", "failed_rate"),
     ("eval_accuracy", "eval_accuracy_mean"),
     ("mt_bench", "mt_bench_mean"),
     ("alpaca_lc", "alpaca_lc_mean"),

@@ -168,7 +168,7 @@ def test_infer_cells_rows_are_labelled_and_carry_no_made_up_numbers():
     cells = aggregate_cells(pd.DataFrame(trials))
     extra = infer_cells(cells, lattices(grid))
     assert list(extra.columns) == list(INFERRED_COLUMNS) == [*CELL_COLUMNS, "inferred", "assumption"]
-    assert extra["inferred"].all() and (extra["n_trials"] == 0).all() and extra["failure_rate"].isna().all()
+    assert extra["inferred"].all() and (extra["n_trials"] == 0).all() and extra["failed_rate"].isna().all()
     verdicts = {(r.beta_kl, r.beta_mix): r.verdict for r in extra.itertuples()}
     assert verdicts[(0.02, 0.01)] == "stable"  # between two measured stable cells along beta_kl
     assert verdicts[(0.01, 0.02)] == "stable"  # along beta_mix

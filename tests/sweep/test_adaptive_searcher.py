@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 
 from sweep.config import load_sweep_config
 from sweep.search.searcher import AdaptiveSearcher, trial_result_status
-from tests.sweep.test_trial_rows import DIVERGENCE, VERDICTS, final, held_out, train
+from tests.sweep.test_trial_rows import DIVERGENCE, VERDICTS, held_out_run, train
 from trainers.protocol import TrialStatus
 
 
@@ -26,8 +26,9 @@ def status(records: list[dict], error: bool = False, last: dict | None = None) -
 
 
 def test_status_of_a_trial_that_learned_and_one_at_chance():
-    assert status([train(1), train(2), held_out(2, 0.9), final(2, 0.9)]) is TrialStatus.STABLE
-    assert status([train(1), held_out(1, 0.5), final(1, 0.5)]) is TrialStatus.STALLED
+    assert status(held_out_run(0.9, 0.9, 0.9)) is TrialStatus.STABLE
+    assert status(held_out_run(0.5, 0.5, 0.5)) is TrialStatus.STALLED
+    assert status(held_out_run(0.5, 0.9)) is TrialStatus.UNSETTLED
 
 
 def test_a_trial_the_stopper_ended_has_no_final_report_and_is_diverged():
@@ -40,7 +41,7 @@ def test_an_errored_trial_carries_no_verdict():
 
 
 def test_the_last_result_is_not_counted_twice_and_is_added_when_missing():
-    records = [train(1), train(2), held_out(2, 0.9), final(2, 0.9)]
+    records = held_out_run(0.9, 0.9, 0.9)
     history = [report(r) for r in records[:-1]]
     assert trial_result_status(history, report(records[-1]), False, DIVERGENCE, VERDICTS) is TrialStatus.STABLE
 
@@ -56,9 +57,10 @@ def test_suggestions_are_driver_grid_entries_then_wait_then_finish():
     assert first["trial"] in driver_grid and second["trial"] in driver_grid and first != second
     assert searcher.suggest("c") is None  # both cells running: nothing to propose until a result comes back
     for trial_id in ("a", "b"):
-        for record in (train(1), held_out(1, 0.9), final(1, 0.9)):
+        records = held_out_run(0.9, 0.9, 0.9)
+        for record in records:
             searcher.on_trial_result(trial_id, report(record))
-        searcher.on_trial_complete(trial_id, report(final(1, 0.9)))
+        searcher.on_trial_complete(trial_id, report(records[-1]))
     assert searcher.suggest("d") == Searcher.FINISHED  # both stable: nothing disagrees
 
 

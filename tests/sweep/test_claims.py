@@ -55,50 +55,58 @@ def measured(rows: list[dict]) -> pd.DataFrame:
 
 
 def test_a_supported_when_many_clean_runs_bound_the_rate() -> None:
-    claim = claim_a(measured(dlrml_box(seeds=2)), "stable")  # 50 clean: upper bound 3.84/53.84 = 7.1 % <= 10 %
+    claim = claim_a(measured(dlrml_box(seeds=3)), "stable")  # 75 clean: upper bound 3.84/78.84 = 4.9 % <= 10 %
     assert claim.verdict == "supported"
-    assert "0/50" in claim.measured and "7.1 %" in claim.reason
+    assert "0/75" in claim.measured and "4.9 %" in claim.reason
+    assert claim.tests.startswith("NaN runs")
+
+
+def test_a_uses_no_cell_with_fewer_than_three_seeds() -> None:
+    """50 clean runs in 25 cells of 2 seeds decided (a) before; a cell of two trials decides nothing now."""
+    claim = claim_a(measured(dlrml_box(seeds=2)), "stable")
+    assert claim.verdict == "not enough data" and "0/0" in claim.measured
+    assert "fewer than 3 verdict trials" in claim.reason
 
 
 def test_a_refuted_by_a_single_nan_run_or_non_finite_divergence() -> None:
-    rows = dlrml_box(seeds=2)
+    rows = dlrml_box(seeds=3)
     rows[3]["nan_inf_steps"] = 2
     assert claim_a(measured(rows), "stable").verdict == "refuted"
-    rows = dlrml_box(seeds=2)
+    rows = dlrml_box(seeds=3)
     rows[7].update(status="diverged", reason="non_finite_loss (numerical)", nan_inf_steps=0)
     assert claim_a(measured(rows), "stable").verdict == "refuted"
 
 
 def test_a_not_enough_data_with_few_clean_runs_and_ignores_outside_box() -> None:
-    rows = [trial("dlrml", kl, 0.1) for kl in BOX_KL]  # 0/5: upper bound 43 %
-    rows.append(trial("dlrml", 1.0, 0.1, nan_inf_steps=5))  # outside the box: not a NaN run of the claim
+    rows = [trial("dlrml", kl, 0.1, s) for kl in BOX_KL for s in range(3)]  # 0/15: upper bound 20 %
+    rows += [trial("dlrml", 1.0, 0.1, s, nan_inf_steps=5) for s in range(3)]  # outside the box: not counted
     claim = claim_a(measured(rows), "stable")
     assert claim.verdict == "not enough data"
-    assert "0/5" in claim.measured
+    assert "0/15" in claim.measured
 
 
 def test_a_pruned_and_errored_never_count() -> None:
-    rows = [trial("dlrml", kl, 0.1) for kl in BOX_KL]
+    rows = [trial("dlrml", kl, 0.1, s) for kl in BOX_KL for s in range(3)]
     rows += [
-        trial("dlrml", kl, mix, 9, status=status, nan_inf_steps=3)
+        trial("dlrml", kl, mix, 9 + i, status=status, nan_inf_steps=3)
         for kl in BOX_KL
         for mix in BOX_MIX
-        for status in ("pruned", "errored")
+        for i, status in enumerate(("pruned", "errored", "unsettled", "interrupted"))
     ]
     claim = claim_a(measured(rows), "stable")
     assert claim.verdict == "not enough data"
-    assert "0/5" in claim.measured
+    assert "0/15" in claim.measured
 
 
 def test_a_is_per_form() -> None:
-    rows = dlrml_box(seeds=2) + dlrml_box(seeds=1, form="literal", status="diverged", nan_inf_steps=4)
+    rows = dlrml_box(seeds=3) + dlrml_box(seeds=3, form="literal", status="diverged", nan_inf_steps=4)
     df = measured(rows)
     assert claim_a(df, "stable").verdict == "supported"
     assert claim_a(df, "literal").verdict == "refuted"
 
 
 def test_inferred_rows_are_excluded_and_counted() -> None:
-    rows = dlrml_box(seeds=2, inferred=False)
+    rows = dlrml_box(seeds=3, inferred=False)
     rows.append(trial("dlrml", 0.1, 0.1, 5, nan_inf_steps=9, inferred=True))
     claims = {c.id: c for c in evaluate_claims(frame(rows))}
     assert claims["a[stable]"].verdict == "supported"
@@ -204,27 +212,58 @@ def test_e_supported_and_refuted_by_growth_or_explosion() -> None:
     rows.append(trial("dlrml", 0.1, 0.5, 9, status="diverged", reason="grad_norm_explosion - grad_norm=1e4"))
     assert claim_e(measured(rows), "stable").verdict == "refuted"
     rows = [
-        trial("dlrml", 0.1, mix, s, grad_norm_p95=50.0 if mix == 0.5 else 1.0) for mix in (0.05, 0.5) for s in (0, 1)
+        trial("dlrml", 0.1, mix, s, grad_norm_p95=50.0 if mix == 0.5 else 1.0) for mix in (0.05, 0.5) for s in range(3)
     ]
     assert claim_e(measured(rows), "stable").verdict == "refuted"
-    assert claim_e(measured(rows[:2]), "stable").verdict == "not enough data"
+    assert claim_e(measured(rows[:5]), "stable").verdict == "not enough data", (
+        "two trials at beta_mix 0.5 decide nothing"
+    )
 
 
-def test_f_stalls_small_collapses_large() -> None:
-    rows = discopop((0.01,), ["stalled"] * 5) + discopop((0.1,), ["stable"] * 5) + discopop((0.5,), ["collapsed"] * 5)
-    assert claim_f(measured(rows), "stable").verdict == "supported"
-    rows = discopop((0.01,), ["stable"] * 40) + discopop((0.5,), ["collapsed"] * 5)  # stalls 0/40: CI 0-8.8 %
+def test_f_stuck_at_the_papers_small_beta_unstable_at_its_large_beta() -> None:
+    """Stuck is stalled or reversed (the paper's local minima); unstable is collapsed or diverged."""
+    stuck = ["stalled", "reversed", "reversed", "stalled", "reversed"]
+    rows = discopop((0.01,), stuck) + discopop((0.1,), ["stable"] * 5) + discopop((2.5,), ["collapsed", "diverged"] * 3)
+    claim = claim_f(measured(rows), "stable")
+    assert claim.verdict == "supported" and "stuck at 0.01: 5/5" in claim.measured
+    assert claim.tests.startswith("stuck = stalled + reversed")
+    rows = discopop((0.01,), ["stable"] * 40) + discopop((2.5,), ["collapsed"] * 5)  # stuck 0/40: CI 0-8.8 %
     assert claim_f(measured(rows), "stable").verdict == "refuted"
-    assert claim_f(measured(discopop((0.5,), ["collapsed"] * 5)), "stable").verdict == "not enough data"
+    assert claim_f(measured(discopop((2.5,), ["collapsed"] * 5)), "stable").verdict == "not enough data"
 
 
-def test_g_counts_usable_betas_where_discopop_reaches_its_limit() -> None:
-    rows = discopop((0.05, 0.1), ["stable"] * 2) + discopop((0.25, 0.5), ["diverged", "stable"])
-    rows += [trial("dlrml", kl, 0.1, s) for kl in (0.05, 0.1, 0.25, 0.5) for s in range(2)]
+def test_f_is_not_decided_on_a_grid_short_of_the_papers_betas() -> None:
+    rows = discopop((0.05,), ["reversed"] * 5) + discopop((1.0,), ["collapsed"] * 5)
+    claim = claim_f(measured(rows), "stable")
+    assert claim.verdict == "not enough data" and "not the paper's <= 0.01 and >= 2.5" in claim.reason
+
+
+def test_g_usable_where_discopop_is_not_by_the_wilson_rule() -> None:
+    """Five stable seeds make a cell usable (failed 0/5: upper bound 43 %), five reversed ones unusable (lower
+    bound 57 %); two seeds decide nothing."""
+    rows = discopop((0.05, 0.1), ["stable"] * 5) + discopop((0.25, 0.5), ["reversed"] * 5)
+    rows += [trial("dlrml", kl, 0.1, s) for kl in (0.05, 0.1, 0.25, 0.5) for s in range(5)]
     claim = claim_g(measured(rows), "stable")
-    assert claim.verdict == "supported" and "dLRML 4/4, DiscoPOP 2/4" in claim.measured
-    ceiling = discopop((0.05, 0.1), ["stable"] * 2) + [trial("dlrml", kl, 0.1) for kl in (0.05, 0.1)]
+    assert claim.verdict == "supported" and "at beta_kl [0.25, 0.5]" in claim.reason
+    assert "dLRML [0.05, 0.1, 0.25, 0.5], DiscoPOP [0.05, 0.1]" in claim.measured
+    ceiling = discopop((0.05, 0.1), ["stable"] * 5) + [
+        trial("dlrml", kl, 0.1, s) for kl in (0.05, 0.1) for s in range(5)
+    ]
     assert claim_g(measured(ceiling), "stable").verdict == "not enough data"
+    worse = discopop((0.05, 0.1, 0.25), ["stable"] * 5) + [
+        trial("dlrml", kl, 0.1, s, status="stalled") for kl in (0.05, 0.1, 0.25) for s in range(5)
+    ]
+    assert claim_g(measured(worse), "stable").verdict == "refuted"
+
+
+def test_g_is_not_decided_from_single_trials() -> None:
+    """Issue 23, defect 4: one trial per cell called claim g supported (the quick start's map)."""
+    rows = [trial("discopop", kl, status="stalled") for kl in (0.05, 1.0)] + [
+        trial("dlrml", 0.05, 0.2, status="collapsed"),
+        trial("dlrml", 1.0, 0.2),
+    ]
+    claim = claim_g(measured(rows), "stable")
+    assert claim.verdict == "not enough data" and "too few beta_kl values are decided" in claim.reason
 
 
 # evaluate / render / write ----------------------------------------------------------------------------------------
@@ -249,7 +288,7 @@ def test_render_says_too_small_when_nothing_is_decided() -> None:
     assert all(c.verdict == "not enough data" for c in claims)
     text = render_claims(claims, sweep_name="smoke", n_trials=2)
     assert "too small to decide anything" in text
-    assert "| claim | measured | verdict |" in text and "## a[stable]" in text
+    assert "| claim | tests | measured | verdict |" in text and "## a[stable]" in text
 
 
 def test_render_reports_counts_when_something_is_decided() -> None:

@@ -25,7 +25,7 @@ def test_cell_metrics_name_loss_form_and_betas_and_skip_nan():
                 "form": "literal",
                 "beta_kl": 0.05,
                 "beta_mix": 0.2,
-                "failure_rate": 1.0,
+                "failed_rate": 1.0,
                 "eval_accuracy_mean": 0.4,
             },
             {
@@ -33,12 +33,12 @@ def test_cell_metrics_name_loss_form_and_betas_and_skip_nan():
                 "form": "stable",
                 "beta_kl": 0.1,
                 "beta_mix": math.nan,
-                "failure_rate": math.nan,
+                "failed_rate": math.nan,
                 "eval_accuracy_mean": math.nan,
             },
         ]
     )
     assert cell_metrics(cells) == {
-        "cell/dlrml_literal_bkl0.05_bmix0.2/failure_rate": 1.0,
+        "cell/dlrml_literal_bkl0.05_bmix0.2/failed_rate": 1.0,
         "cell/dlrml_literal_bkl0.05_bmix0.2/eval_accuracy": 0.4,
     }

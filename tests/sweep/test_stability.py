@@ -96,17 +96,17 @@ def test_one_row_per_cell_sorted_with_nan_beta_mix_kept(cells):
     assert cells["n_trials"].sum() == len(_sweep_frame())
 
 
-def test_failure_rate_across_seeds(cells):
+def test_failed_rate_across_seeds(cells):
     cell = _cell(cells, "dlrml", 0.1, 0.05)
     assert (cell["n_trials"], cell["n_diverged"], cell["n_stable"], cell["n_verdict"]) == (3, 1, 2, 3)
-    assert cell["failure_rate"] == pytest.approx(1 / 3)
-    assert _cell(cells, "dpo", 0.1, NAN)["failure_rate"] == pytest.approx(0.5)
+    assert cell["failed_rate"] == pytest.approx(1 / 3)
+    assert _cell(cells, "dpo", 0.1, NAN)["failed_rate"] == pytest.approx(0.5)
 
 
 def test_errored_and_pruned_carry_no_verdict(cells):
     cell = _cell(cells, "dlrml", 0.1, 0.5)
     assert (cell["n_trials"], cell["n_errored"], cell["n_pruned"], cell["n_verdict"]) == (3, 1, 1, 1)
-    assert cell["failure_rate"] == 0.0
+    assert cell["failed_rate"] == 0.0
     assert bool(cell["stable"]) is True
     # Pruned accuracy counts, errored has none: mean and median of (0.62, 0.55).
     assert cell["eval_accuracy_mean"] == pytest.approx(0.585)
@@ -126,16 +126,16 @@ def test_a_cell_whose_trials_were_all_pruned_is_not_called_stable():
     )
     pruned_only, mixed = (_cell(aggregate_cells(frame), "dpo", beta, NAN) for beta in (50.0, 500.0))
     assert (pruned_only["n_pruned"], pruned_only["n_verdict"]) == (2, 0)
-    assert math.isnan(pruned_only["failure_rate"]) and not pruned_only["stable"]
+    assert math.isnan(pruned_only["failed_rate"]) and not pruned_only["stable"]
     assert pruned_only["eval_accuracy_mean"] == pytest.approx(0.425)  # what ASHA ranked them on is still shown
-    assert (mixed["n_verdict"], mixed["failure_rate"], bool(mixed["stable"])) == (1, 1.0, False)
+    assert (mixed["n_verdict"], mixed["failed_rate"], bool(mixed["stable"])) == (1, 1.0, False)
 
 
 def test_errored_only_cell_has_no_verdict_and_is_not_stable():
     cell = _cell(aggregate_cells(_sweep_frame(), stable_threshold=1.0), "dpo", 0.5, NAN)
     assert cell["n_errored"] == 2
     assert cell["n_verdict"] == 0
-    assert math.isnan(cell["failure_rate"])
+    assert math.isnan(cell["failed_rate"])
     assert bool(cell["stable"]) is False
 
 
@@ -241,17 +241,18 @@ def test_format_cells_table(cells):
     assert len(lines) == 2 + len(cells)
     assert lines[0].split()[:4] == ["loss", "form", "beta_kl", "beta_mix"]
     dlrml = lines[2].split()
-    assert dlrml[:6] == ["dlrml", "stable", "0.1", "0.05", "3", "2/0/0/1"]
+    assert dlrml[:7] == ["dlrml", "stable", "0.1", "0.05", "3", "2/0/0/0/1", "0/0/0/0"]
     low, high = wilson_interval(1, 3)
-    assert f"0.33 [{low:.2f}, {high:.2f}]" in lines[2]
+    assert lines[0].split()[5:10] == ["stab/stall/rev/coll/div", "unset/pruned/intr/err", "failed", "[95%", "CI]"]
+    assert lines[2].count(f"0.33 [{low:.2f}, {high:.2f}]") == 2, "one diverged of 3: failed and unstable alike"
     assert lines[2].endswith("diverged")
     assert lines[3].endswith("stable")
     errored_only = lines[5].split()
     assert errored_only[:4] == ["dpo", "stable", "0.5", "none"]
     assert lines[5].endswith("? (no verdict)")  # neither stable nor unstable
     assert format_cells_table(cells.iloc[:0]) == "(no cells)"
-    with pytest.raises(ValueError, match="failure_rate"):
-        format_cells_table(cells.drop(columns=["failure_rate"]))
+    with pytest.raises(ValueError, match="failed_rate"):
+        format_cells_table(cells.drop(columns=["failed_rate"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def stability_map(tmp_path_factory) -> StabilityMap:
 def test_all_files_written(stability_map):
     out = stability_map.out_dir
     expected = {"trials.csv", "trials.parquet", "cells.csv", "cells.parquet", "stability_overview.png"}
-    expected |= {f"{kind}_{loss}.png" for kind in ("collapse", "score") for loss in ("dlrml", "dpo", "ipo")}
+    expected |= {f"{kind}_{loss}.png" for kind in ("failed", "score") for loss in ("dlrml", "dpo", "ipo")}
     assert {p.name for p in stability_map.files} == expected
     assert {p.name for p in out.iterdir()} == expected
     assert all(p.parent == out and p.stat().st_size > 0 for p in stability_map.files)
@@ -282,7 +283,7 @@ def test_all_files_written(stability_map):
 def test_pngs_are_valid_images(stability_map):
     for path in stability_map.figures:
         assert path.read_bytes()[:8] == PNG_MAGIC, path
-    pixels = mpimg.imread(stability_map.figure("collapse_dlrml.png"))
+    pixels = mpimg.imread(stability_map.figure("failed_dlrml.png"))
     assert pixels.ndim == 3 and pixels.shape[2] == 4
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
 
@@ -298,26 +299,26 @@ def test_tables_round_trip(stability_map):
     csv_cells = pd.read_csv(out / "cells.csv")
     assert len(csv_cells) == 5
     assert csv_cells["beta_mix"].isna().sum() == 3
-    assert csv_cells["failure_rate"].iloc[0] == pytest.approx(1 / 3)
+    assert csv_cells["failed_rate"].iloc[0] == pytest.approx(1 / 3)
 
 
 def test_score_figure_has_mt_bench_panel_only_when_scored(stability_map):
     # Figures are saved at a fixed size, so a second panel doubles the width.
-    one_panel = mpimg.imread(stability_map.figure("collapse_dpo.png")).shape
+    one_panel = mpimg.imread(stability_map.figure("failed_dpo.png")).shape
     with_mt_bench = mpimg.imread(stability_map.figure("score_dpo.png")).shape
     without_mt_bench = mpimg.imread(stability_map.figure("score_dlrml.png")).shape
     assert with_mt_bench[1] == 2 * one_panel[1]
-    assert without_mt_bench[1] == mpimg.imread(stability_map.figure("collapse_dlrml.png")).shape[1]
+    assert without_mt_bench[1] == mpimg.imread(stability_map.figure("failed_dlrml.png")).shape[1]
 
 
 def test_stable_region_outlined_only_where_stable(stability_map, tmp_path):
     # dlrml (0.1, 0.5) is stable at threshold 0: its collapse map carries the outline; dpo has no stable cell.
-    assert _outline_pixels(stability_map.figure("collapse_dlrml.png")) > 100
-    dpo_map = stability_map.figure("collapse_dpo.png")
+    assert _outline_pixels(stability_map.figure("failed_dlrml.png")) > 100
+    dpo_map = stability_map.figure("failed_dpo.png")
     legend_only = _outline_pixels(dpo_map)
     # With every dpo cell stable (threshold 1), the strip outline adds many outline pixels over the legend's.
     all_stable = write_stability_map(_sweep_frame()[lambda f: f["loss"] == "dpo"], tmp_path, stable_threshold=1.0)
-    assert _outline_pixels(all_stable.figure("collapse_dpo.png")) > legend_only + 500
+    assert _outline_pixels(all_stable.figure("failed_dpo.png")) > legend_only + 500
 
 
 def test_empty_frame_rejected(tmp_path):
@@ -354,7 +355,7 @@ def test_heatmap_labels_say_why_a_cell_has_no_verdict(tmp_path):
     assert heatmap_labels(cells, "dlrml", "accuracy") == [["0.45", "n/a"], ["0.50", ""]]
     # And the figures with such cells are drawn.
     stability_map = write_stability_map(frame, tmp_path)
-    assert stability_map.figure("collapse_dlrml.png").read_bytes()[:8] == PNG_MAGIC
+    assert stability_map.figure("failed_dlrml.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_forms_are_separate_cells_and_separate_map_series():
@@ -381,8 +382,8 @@ def test_stalled_and_collapsed_count_as_failures_and_name_the_cell():
     ]
     cell = aggregate_cells(pd.DataFrame(rows)).iloc[0]
     assert (cell["n_stable"], cell["n_stalled"], cell["n_collapsed"], cell["n_verdict"]) == (1, 2, 1, 4)
-    assert cell["failure_rate"] == 0.75 and cell["verdict"] == "stalled" and not cell["stable"]
-    assert (cell["failure_low"], cell["failure_high"]) == pytest.approx(wilson_interval(3, 4))
+    assert cell["failed_rate"] == 0.75 and cell["verdict"] == "stalled" and not cell["stable"]
+    assert (cell["failed_low"], cell["failed_high"]) == pytest.approx(wilson_interval(3, 4))
     accs = [0.8, 0.55, 0.5, 0.45]
     assert cell["eval_accuracy_std"] == pytest.approx(pd.Series(accs).std(ddof=1))
 
@@ -391,3 +392,26 @@ def test_a_tie_between_failures_names_the_most_severe():
     counts = {TrialStatus.STALLED: 1, TrialStatus.DIVERGED: 1, TrialStatus.STABLE: 2}
     assert cell_verdict(counts) == "diverged"
     assert cell_verdict({TrialStatus.PRUNED: 2}) == "undetermined"
+
+
+def test_failed_and_unstable_are_the_one_definition_of_failure():
+    """Defect 3 of issue 23: the map, the claims and MLflow used three definitions. A cell with one trial of each
+    verdict: failed counts stalled + reversed + collapsed + diverged (4/5), unstable collapsed + diverged (2/5); the
+    trials without a verdict (unsettled, pruned, interrupted, errored) count in neither."""
+    verdicts = ("stable", "stalled", "reversed", "collapsed", "diverged")
+    others = ("unsettled", "pruned", "interrupted", "errored")
+    rows = [_trial(f"t{i}", "dlrml", 0.05, 0.2, i, status, acc=0.6) for i, status in enumerate(verdicts + others)]
+    cell = aggregate_cells(pd.DataFrame(rows)).iloc[0]
+    assert (cell["n_verdict"], cell["n_failed"], cell["n_unstable"]) == (5, 4, 2)
+    assert (cell["failed_rate"], cell["unstable_rate"]) == (0.8, 0.4)
+    assert (cell["unstable_low"], cell["unstable_high"]) == pytest.approx(wilson_interval(2, 5))
+    assert cell["verdict"] == "diverged", "a tie between failures names the most severe"
+
+
+def test_a_cell_of_unsettled_trials_is_unsettled_not_undetermined():
+    rows = [_trial(f"u{i}", "dpo", 0.1, NAN, i, "unsettled", acc=0.6) for i in range(2)]
+    cell = aggregate_cells(pd.DataFrame(rows)).iloc[0]
+    assert cell["verdict"] == "unsettled" and cell["n_verdict"] == 0 and not cell["stable"]
+    assert math.isnan(cell["failed_rate"])
+    assert format_cells_table(aggregate_cells(pd.DataFrame(rows))).splitlines()[2].endswith("unsettled")
+    assert cell_verdict({TrialStatus.UNSETTLED: 1, TrialStatus.STABLE: 1}) == "stable", "settled trials decide"

@@ -236,7 +236,7 @@ def test_stable_beta_cells_train_to_the_end_with_a_verdict(divergent_sweep):
 def test_stability_map_is_written(divergent_sweep):
     map_dir = divergent_sweep.map_dir
     names = {p.name for p in map_dir.iterdir()}
-    figures = {f"{kind}_{loss}.png" for kind in ("collapse", "score") for loss in LOSSES} | {"stability_overview.png"}
+    figures = {f"{kind}_{loss}.png" for kind in ("failed", "score") for loss in LOSSES} | {"stability_overview.png"}
     assert {"trials.csv", "cells.csv", "claims.md", *figures} <= names
     assert "# Claims" in (map_dir / "claims.md").read_text() or "claim" in (map_dir / "claims.md").read_text().lower()
     for name in figures:
