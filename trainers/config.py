@@ -124,6 +124,12 @@ class TrainConfig:
         help="Held-out evaluation every this many steps, and once before the first (the reference's point); ``0``: "
         "only at the end.",
     )
+    min_steps: int | None = option(
+        None,
+        ge=1,
+        help='A trial whose verdict has settled (README "Verdicts") stops at its first held-out evaluation from this '
+        "step on: fewer steps where verdicts settle early. ``null``: ``max_steps`` (no early stop).",
+    )
     extend_until_settled: int = option(
         0,
         ge=0,
@@ -156,6 +162,14 @@ class TrainConfig:
     def _check(self) -> None:
         if self.max_steps == -1 and not self.epochs > 0:
             raise ConfigError(f"must be > 0 when max_steps is -1, got {self.epochs!r}", "epochs")
+        if self.min_steps is not None and (
+            self.max_steps == -1 or self.eval_steps == 0 or self.min_steps > self.max_steps
+        ):
+            raise ConfigError(
+                f"= {self.min_steps} needs max_steps >= min_steps and eval_steps >= 1 (a trial stops early only at a "
+                "settled held-out evaluation)",
+                "min_steps",
+            )
         if self.extend_until_settled:
             if self.max_steps == -1 or self.eval_steps == 0:
                 raise ConfigError(
@@ -170,6 +184,11 @@ class TrainConfig:
                     "change every step before it",
                     "extend_until_settled",
                 )
+
+    @property
+    def settles_early_or_late(self) -> bool:
+        """Whether the trial's length depends on when its verdict settles (``min_steps`` or an extension)."""
+        return self.min_steps is not None or self.extend_until_settled > 0
 
     @property
     def step_budget(self) -> int:

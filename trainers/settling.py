@@ -1,9 +1,11 @@
-"""Training a trial past ``max_steps`` while its verdict has not settled (``train.extend_until_settled``).
+"""A trial's length set by when its verdict settles: shorter from ``train.min_steps``, longer by
+``train.extend_until_settled``.
 
-The trainer is given ``max_steps + extend_until_settled`` steps (a constant learning-rate schedule, so no step before
-``max_steps`` changes, :class:`trainers.config.TrainConfig`); this callback evaluates at ``max_steps`` and stops at
-the first held-out evaluation from there on whose verdict has settled (:func:`trainers.verdicts.judge_behaviour`),
-so a settled trial trains exactly its planned steps and an unsettled one at most the budget more.
+The trainer is given ``max_steps + extend_until_settled`` steps (with an extension, a constant learning-rate
+schedule, so no step before ``max_steps`` changes, :class:`trainers.config.TrainConfig`); this callback evaluates at
+``max_steps`` and stops at the first held-out evaluation from ``min_steps`` (default ``max_steps``) on whose verdict
+has settled (:func:`trainers.verdicts.judge_behaviour`): a settled trial trains at most its planned steps and an
+unsettled one at most the budget more.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ from trainers.verdicts import VerdictConfig, judge_behaviour
 
 
 class SettleCallback(TrainerCallback):
-    """Stop training at the first settled held-out evaluation at or after ``planned_steps``.
+    """Stop training at the first settled held-out evaluation at or after ``from_step``.
 
     Args:
-        planned_steps: The trial's ``max_steps``.
+        planned_steps: The trial's ``max_steps`` (always evaluated).
+        from_step: The first step a settled verdict may stop the trial at (``min_steps``, else ``max_steps``).
         collapse: The trial's :class:`CollapseCallback`, whose history holds every evaluation so far.
         n_pairs: Held-out pairs each evaluation averages over.
         config: The verdict thresholds.
     """
 
-    def __init__(self, planned_steps: int, collapse: CollapseCallback, n_pairs: int, config: VerdictConfig) -> None:
+    def __init__(
+        self, planned_steps: int, from_step: int, collapse: CollapseCallback, n_pairs: int, config: VerdictConfig
+    ) -> None:
         self.planned_steps = planned_steps
+        self.from_step = from_step
         self.collapse = collapse
         self.n_pairs = n_pairs
         self.config = config
@@ -37,8 +43,8 @@ class SettleCallback(TrainerCallback):
             control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, **kwargs):
-        """From the planned end on, stop once the verdict has settled (or there is nothing to judge)."""
-        if state.global_step < self.planned_steps:
+        """From ``from_step`` on, stop once the verdict has settled (or there is nothing to judge)."""
+        if state.global_step < self.from_step:
             return
         evaluations = [h for h in self.collapse.history if HELD_OUT_ACCURACY in h]
         verdict = judge_behaviour(evaluations, self.n_pairs, self.config)

@@ -181,8 +181,9 @@ def run_trial(
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     eval_pairs = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
-    if train.extend_until_settled:
-        trainer.add_callback(SettleCallback(train.max_steps, collapse, eval_pairs, train.verdicts))
+    if train.settles_early_or_late:
+        from_step = train.min_steps or train.max_steps
+        trainer.add_callback(SettleCallback(train.max_steps, from_step, collapse, eval_pairs, train.verdicts))
     work_started = time.monotonic()
     trainer.train()
     verdict = collapse.verdict
