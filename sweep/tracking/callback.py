@@ -45,18 +45,6 @@ from trainers.verdicts import VerdictConfig
 logger = logging.getLogger(__name__)
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 class MLflowTracker(MLflowDelivery, Callback):
     """Logs a sweep to MLflow and survives tracking outages (delivery:
     :class:`~sweep.tracking.delivery.MLflowDelivery`).
@@ -209,14 +197,13 @@ class MLflowTracker(MLflowDelivery, Callback):
             }
         )
 
-    def log_artifacts(self, paths: Iterable[Path], artifact_path: str = "stability_map") -> None:
-        """Upload files (tables, heatmaps) to the parent run."""
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = "stability_map") -> None:
+        """Upload files (tables, heatmaps; ``artifact_path=None``: at the top) to the parent run."""
         self._submit({"op": "artifacts", "paths": [str(p) for p in paths], "artifact_path": artifact_path})
 
-    def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Log sweep-level metrics (e.g. collapse rates) on the parent run; NaN values are left out."""
-        clean = {k: float(v) for k, v in metrics.items() if _is_value(v)}
-        self._submit({"op": "parent_metrics", "metrics": clean, "timestamp": int(time.time() * 1000)})
+    def describe_sweep(self, text: str) -> None:
+        """Set the parent run's description (markdown), e.g. the cell verdict table and the claims at the end."""
+        self._submit({"op": "parent_note", "text": text})
 
     def close(self, status: str = "FINISHED") -> int:
         """Terminate the parent run, flush, spool what is left; returns the number of undelivered updates."""

@@ -318,8 +318,8 @@ def test_mlflow_parent_holds_the_stability_map(divergent_sweep, mlflow_runs):
     assert {p.name for p in divergent_sweep.map_dir.iterdir()} <= names
     stored = {p.name for p in divergent_sweep.mlflow.artifacts.rglob("*") if p.is_file()}
     assert {"trials.csv", "cells.csv", "stability_overview.png"} <= stored
-    assert any(key.endswith("/failure_rate") for key in parent.data.metrics)
-    assert all(math.isfinite(value) for value in parent.data.metrics.values())
+    assert parent.data.metrics == {}  # the cells are in cells.csv and in the description, not 1-bar metric charts
+    assert "| loss | form | beta_kl | beta_mix |" in parent.data.tags["mlflow.note.content"]
 
 
 def test_no_secret_from_the_environment_is_written_anywhere(divergent_sweep):
