@@ -151,6 +151,8 @@ class RunOperations:
                 self.client.log_artifact(parent, path, op["artifact_path"])
         elif kind == "parent_note":
             self.client.set_tag(self._ensure_parent(), NOTE_TAG, op["text"][:_NOTE_LIMIT])
+        elif kind == "parent_metrics":
+            pass  # per-cell metrics, spooled by an earlier version of the sweep: the description has the cells now
         elif kind == "trial_artifacts":
             run_id = self._ensure_trial_run(op["trial_id"], op["config"])
             for path in op["paths"]:
