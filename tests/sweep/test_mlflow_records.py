@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from sweep.config import load_sweep_config
+from sweep.driver.outcome import SweepOutcome
 from sweep.tracking.records import (
     claims_summary,
     describe_grid,
@@ -165,3 +166,24 @@ def test_the_saved_view_and_url_open_the_model_training_view_on_the_sweeps_trial
     assert charts[0]["selectedParams"] == ["loss", "beta_kl", "beta_mix"]
     assert charts[0]["selectedMetrics"] == ["final/eval_accuracy", "final/failed"]
     assert len(view_envelope("smoke")) < 20000  # MLflow's limit on an experiment tag's value
+
+
+def test_the_closing_lines_link_the_model_training_view_of_a_local_store_too():
+    outcome = SweepOutcome(
+        stability_map=None,
+        trials=pd.DataFrame(),
+        tracking_uri="sqlite:////work/mlflow.db",
+        parent_run_id="abc",
+        experiment_id="3",
+        sweep_name="default",
+    )
+    serve, table, chart = outcome._mlflow_lines()
+    assert serve == (
+        "MLflow: sqlite:////work/mlflow.db; browse it with `mlflow ui --backend-store-uri sqlite:////work/mlflow.db` "
+        "(http://127.0.0.1:5000)"
+    )
+    assert table.startswith("MLflow: http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&")
+    assert table.endswith("viewStateShareKey=dlrml-stability-default (runs by verdict; parent run abc)")
+    assert chart.endswith("&compareRunsMode=CHART (stability chart)")
+    outcome.experiment_id = None  # the tracking server was down for the whole sweep
+    assert outcome._mlflow_lines() == ["MLflow: sqlite:////work/mlflow.db (runs not delivered yet)"]
