@@ -136,6 +136,18 @@ class Browser:
         )
         assert found
 
+    def scroll_below(self, selector: str, pixels: int) -> None:
+        """Scroll the scrolling box around the first element matching ``selector`` down by ``pixels`` (pages render
+        what is below the fold only once it is scrolled into view)."""
+        self.evaluate(
+            f"""(() => {{
+                let box = document.querySelector({json.dumps(selector)});
+                while (box && !(box.scrollHeight > box.clientHeight && getComputedStyle(box).overflowY !== 'visible'))
+                    box = box.parentElement;
+                (box || document.scrollingElement).scrollTop += {int(pixels)};
+            }})()"""
+        )
+
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the page."""
         data = self.call("Page.captureScreenshot", format="png")["data"]

@@ -31,18 +31,22 @@ VERDICT_TAG = "verdict"
 LOCAL_UI = "http://127.0.0.1:5000"
 """Where ``mlflow ui`` serves a local store by default."""
 
-PARALLEL_METRICS = ("final/eval_accuracy", f"final/{Failure.FAILED.value}")
-"""The stability charts' last axes: how a trial ended (the last axis colours the lines)."""
-PARALLEL_PARAMS = (("loss", "beta_kl", "beta_mix"), ("loss", "beta_kl"))
-"""The param axes of the two stability charts. MLflow's parallel-coordinates chart leaves out every run that lacks one
-of its axes, so the losses without a ``beta_mix`` (DPO, IPO, hinge) are only in the second."""
+FAILED_METRIC = f"final/{Failure.FAILED.value}"
+PARALLEL_CHARTS = (
+    (("loss", "beta_kl", "beta_mix"), (FAILED_METRIC,)),
+    (("loss", "beta_kl"), ("final/eval_accuracy", FAILED_METRIC)),
+)
+"""(param axes, metric axes) of the two stability charts; the last axis colours the lines. MLflow's parallel-coordinates
+chart leaves out every run that lacks one of its axes: the first, where the LRML family fails over beta_kl x beta_mix,
+has every such trial with a verdict; the second adds the losses without a ``beta_mix`` (DPO, IPO, hinge) and the
+held-out accuracy, which a trial that diverged before its first evaluation does not have."""
 TABLE_COLUMNS = (
     ("params", "loss"),
     ("params", "beta_kl"),
     ("params", "beta_mix"),
     ("params", "seed"),
     ("tags", VERDICT_TAG),
-    ("metrics", f"final/{Failure.FAILED.value}"),
+    ("metrics", FAILED_METRIC),
     ("metrics", f"final/{Failure.UNSTABLE.value}"),
     ("metrics", "final/eval_accuracy"),
     ("metrics", "final/chosen_logps_drift"),
@@ -94,10 +98,10 @@ def view_state(sweep_name: str) -> dict[str, Any]:
                 "deleted": False,
                 "isGenerated": False,
                 "selectedParams": list(params),
-                "selectedMetrics": list(PARALLEL_METRICS),
+                "selectedMetrics": list(metrics),
                 "showAllRuns": True,
             }
-            for index, params in enumerate(PARALLEL_PARAMS)
+            for index, (params, metrics) in enumerate(PARALLEL_CHARTS)
         ],
         "viewMaximized": False,
         "runListHidden": False,

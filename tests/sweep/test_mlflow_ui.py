@@ -196,26 +196,41 @@ def test_the_printed_url_opens_the_model_training_view_with_the_runs(sweep, brow
     for column in ("beta_mix", "verdict", "final/failed"):
         assert column in text
     browser.screenshot(tmp_path / "runs.png")
-    # One click (the chart view's toggle above the table) and the stability chart is there.
+    # One click (the chart view's toggle above the table) and the stability charts are there.
     browser.evaluate("document.querySelector('input[value=CHART]').click()")
-    _check_stability_chart(browser)
+    _check_stability_charts(browser, sweep.trials)
     browser.screenshot(tmp_path / "chart.png")
 
 
-def test_the_chart_url_opens_the_stability_chart(sweep, browser, tmp_path):
+def test_the_chart_url_opens_the_stability_charts(sweep, browser):
     _, chart = _printed_urls(sweep)
     browser.open("about:blank")
     browser.open(chart)
-    _check_stability_chart(browser)
+    _check_stability_charts(browser, sweep.trials)
 
 
-def _check_stability_chart(browser: Browser) -> None:
-    axes = browser.wait_for(
-        "(() => { const axes = [...document.querySelectorAll('.parcoords .axis')].map(a => a.textContent);"
-        " return axes.length >= 5 && axes; })()",
-        "a parallel-coordinates chart",
+CHART_CARD = "[data-testid=experiment-view-compare-runs-card]"
+AXES = (
+    "[...document.querySelectorAll('.parcoords')].map(chart => [...chart.querySelectorAll('.axis')].map(axis =>"
+    " ({label: axis.querySelector('text.label')?.textContent,"
+    " ticks: [...axis.querySelectorAll('text:not(.label)')].map(t => t.textContent.trim()).filter(Boolean)})))"
+)
+"""Each parallel-coordinates chart's axes: ``{label, ticks}``."""
+
+
+def _check_stability_charts(browser: Browser, trials: pd.DataFrame) -> None:
+    """Both parallel-coordinates charts, their axes and the runs they draw."""
+    browser.wait_for(
+        f"(() => {{ const charts = {AXES}; return charts.length && charts[0].length >= 4; }})()", "a chart"
     )
-    labels = " ".join(axes)
-    for axis in ("loss", "beta_kl", "beta_mix", "final/eval_accuracy", "final/failed"):
-        assert axis in labels, axes
-    assert "dlrml" in labels  # the dLRML trials are drawn (DPO, without a beta_mix, is in the chart below)
+    browser.scroll_below(CHART_CARD, 600)  # the second chart is drawn once it is scrolled into view
+    first, second = browser.wait_for(
+        f"(() => {{ const charts = {AXES}; return charts.length >= 2 && charts[1].length >= 4 && charts; }})()",
+        "the second chart",
+    )
+    assert [axis["label"] for axis in first] == ["loss", "beta_kl", "beta_mix", "final/failed"], first
+    assert [axis["label"] for axis in second] == ["loss", "beta_kl", "final/eval_accuracy", "final/failed"], second
+    # The first draws every LRML-family trial with a verdict, the diverged one at the largest beta_kl included (the
+    # axis reaches it); the second every loss, DPO included.
+    assert first[0]["ticks"] == ["dlrml"] and f"{trials['beta_kl'].max():g}" in first[1]["ticks"], first
+    assert set(second[0]["ticks"]) == {"dpo", "dlrml"}, second
