@@ -51,7 +51,8 @@ def trial_note(status: str, reason: str | None, summary: Mapping[str, Any] | Non
         summary: The trial's closing numbers (``steps``, ``attempts``, ``eval_accuracy``, ...), if known.
     """
     lines = [f"**{status}** ({verdict_words(status)})", ""]
-    lines += [reason or "no reason recorded", ""]
+    if reason or status != TrialStatus.STABLE:  # a stable trial needs no reason: it learned
+        lines += [reason or "no reason recorded", ""]
     summary = summary or {}
     facts = []
     if "eval_accuracy" in summary:

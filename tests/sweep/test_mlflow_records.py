@@ -74,6 +74,10 @@ def test_verdict_numbers_use_the_protocols_words():
     assert verdict_codes().startswith("0 stable, 1 stalled") and "8 errored" in verdict_codes()
     note = trial_note("collapsed", "likelihood_collapse: eval_logps/chosen_drift_per_token=-2 vs -1.5 at step 8")
     assert note.startswith("**collapsed** (failed, unstable)") and "=-2 vs -1.5 at step 8" in note
+    assert trial_note("stable", None, {"steps": 10}) == (
+        "**stable** (not failed, not unstable)\n\n10 steps\n\n" + " · ".join(f.meaning for f in Failure)
+    )
+    assert "no reason recorded" in trial_note("errored", None)
 
 
 def test_a_summary_has_no_nan_placeholder():
