@@ -109,13 +109,14 @@ class Browser:
         """The page's visible text."""
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
-    def wait_for(self, expression: str, what: str) -> Any:
+    def wait_for(self, expression: str, what: str, before: str = "") -> Any:
         """Wait until a JavaScript expression is truthy in the page and return its value; fail the test naming
-        ``what`` (and showing the page's text) if it never is."""
+        ``what`` (and showing the page's text) if it never is. ``before``: statements run before each try (e.g. a
+        scroll that makes the page render what is below the fold)."""
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
-                value = self.evaluate(expression)
+                value = self.evaluate(f"(() => {{ {before}; return ({expression}); }})()")
             except RuntimeError:
                 value = None
             if value:
@@ -136,17 +137,16 @@ class Browser:
         )
         assert found
 
-    def scroll_below(self, selector: str, pixels: int) -> None:
-        """Scroll the scrolling box around the first element matching ``selector`` down by ``pixels`` (pages render
-        what is below the fold only once it is scrolled into view)."""
-        self.evaluate(
-            f"""(() => {{
-                let box = document.querySelector({json.dumps(selector)});
-                while (box && !(box.scrollHeight > box.clientHeight && getComputedStyle(box).overflowY !== 'visible'))
-                    box = box.parentElement;
-                (box || document.scrollingElement).scrollTop += {int(pixels)};
-            }})()"""
-        )
+    @staticmethod
+    def scroll_below(selector: str, pixels: int) -> str:
+        """JavaScript that scrolls the scrolling box around the first element matching ``selector`` down by
+        ``pixels`` (for :meth:`wait_for`'s ``before``: pages render what is below the fold once it is in view)."""
+        return f"""
+            let box = document.querySelector({json.dumps(selector)});
+            while (box && !(box.scrollHeight > box.clientHeight && getComputedStyle(box).overflowY !== 'visible'))
+                box = box.parentElement;
+            if (box) box.scrollTop += {int(pixels)};
+        """
 
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the page."""

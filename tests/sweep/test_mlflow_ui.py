@@ -219,14 +219,17 @@ AXES = (
 
 
 def _check_stability_charts(browser: Browser, trials: pd.DataFrame) -> None:
-    """Both parallel-coordinates charts, their axes and the runs they draw."""
-    browser.wait_for(
-        f"(() => {{ const charts = {AXES}; return charts.length && charts[0].length >= 4; }})()", "a chart"
-    )
-    browser.scroll_below(CHART_CARD, 600)  # the second chart is drawn once it is scrolled into view
-    first, second = browser.wait_for(
-        f"(() => {{ const charts = {AXES}; return charts.length >= 2 && charts[1].length >= 4 && charts; }})()",
-        "the second chart",
+    """Both parallel-coordinates charts, their axes and the runs they draw (the page draws a chart only while it is in
+    view: the second is scrolled to)."""
+
+    def chart_with(label: str) -> str:
+        return f"{AXES}.find(axes => axes.length >= 4 && axes.some(axis => axis.label === {json.dumps(label)}))"
+
+    first = browser.wait_for(chart_with("beta_mix"), "the parallel-coordinates chart over beta_mix")
+    second = browser.wait_for(
+        chart_with("final/eval_accuracy"),
+        "the parallel-coordinates chart of every loss",
+        before=browser.scroll_below(CHART_CARD, 200),
     )
     assert [axis["label"] for axis in first] == ["loss", "beta_kl", "beta_mix", "final/failed"], first
     assert [axis["label"] for axis in second] == ["loss", "beta_kl", "final/eval_accuracy", "final/failed"], second
