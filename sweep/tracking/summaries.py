@@ -78,7 +78,7 @@ def experiment_description(experiment: str) -> str:
             "artifacts), one nested run per trial (its description: the verdict and its full reason).",
             "",
             "Open a sweep's saved view from **Views** (`<sweep>: stability`): its trials grouped by verdict and, in "
-            "the chart view, a parallel-coordinates chart of loss, beta_kl, beta_mix, held-out accuracy and failure.",
+            "the chart view, parallel-coordinates charts of loss, beta_kl, beta_mix, held-out accuracy and failure.",
             "",
             f"Per trial: `final/{Failure.FAILED.value}` ({Failure.FAILED.meaning}) and "
             f"`final/{Failure.UNSTABLE.value}` ({Failure.UNSTABLE.meaning}), 0/1, absent for a trial without a "
