@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install the project into it.
 #   scripts/bootstrap.sh        runtime install
-#   scripts/bootstrap.sh dev    + test/lint tools (pytest, ruff, llama-cpp-python's OpenAI-compatible server)
+#   scripts/bootstrap.sh dev    + test/lint tools (pytest, ruff, llama-cpp-python's OpenAI-compatible server) and,
+#                               as root with apt-get, headless Chromium for the MLflow UI browser test
 # Order matters: torch first (pinned to the local CPU wheel; any other torch requirement would pull CUDA),
 # then DeepSpeed without build isolation (its sdist imports torch at build time), then the project.
 set -euo pipefail
@@ -9,6 +10,19 @@ cd "$(dirname "$0")/.."
 extra="${1:-}"
 python3 -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# Headless Chromium for tests/sweep/test_mlflow_ui.py (skipped, saying why, without it). Debian's package, where this
+# runs as root with apt-get; anything else prints a note and never fails the install.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "note: no chromium (needs root and apt-get); the MLflow UI browser test will be skipped"
+    return 0
+  fi
+  apt() { DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null 2>&1; }
+  if ! apt install -y -q chromium && ! { apt update -q && apt install -y -q chromium; }; then
+    echo "note: apt-get could not install chromium; the MLflow UI browser test will be skipped"
+  fi
+}
 pip install --upgrade pip setuptools wheel
 pip install "torch==2.13.0"
 pip install --no-build-isolation "deepspeed==0.19.*"
@@ -31,6 +45,7 @@ if [ "$extra" = "dev" ]; then
   fi
   pip install "$(ls "$wheels"/llama_cpp_python-*.whl)[server]"
   pip install -e ".[dev]"
+  install_chromium
 else
   pip install -e .
 fi

@@ -1,5 +1,5 @@
-"""What the end-to-end sweep tests share: running ``sweep/run.py`` as a user does, and a real Ray cluster started with
-``ray start --head`` (token authentication on, its own temp dir).
+"""What the end-to-end sweep tests share: running ``sweep/run.py`` as a user does, a real Ray cluster started with
+``ray start --head`` (token authentication on, its own temp dir) and a real ``mlflow server``.
 
 The sweep tests are in three files (``test_sweep.py``, ``test_sweep_cluster.py``, ``test_sweep_maps.py``) so that the
 suite's two processes (pytest-xdist, one file at a time) share them out.
@@ -130,3 +130,39 @@ def start_ray_head() -> Iterator[RayCluster]:
     finally:
         stop_group(process, env[MARK_VAR], grace_s=5)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and proxied artifacts in a temp dir."""
+
+    url: str
+    backend: Path
+    artifacts: Path
+
+
+def start_mlflow_server(tmp: Path) -> Iterator[MlflowServer]:
+    """Start ``mlflow server`` in ``tmp``, yield it once it answers, and end every process it started."""
+    port = free_port()
+    server = MlflowServer(f"http://127.0.0.1:{port}", tmp / "mlflow.db", tmp / "artifacts")
+    env = make_env(tmp)
+    log = tmp / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server"),
+                *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+                *("--backend-store-uri", f"sqlite:///{server.backend}"),
+                *("--artifacts-destination", str(server.artifacts)),
+            ],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"{server.url}/health", process, log)
+        yield server
+    finally:
+        stop_group(process, env[MARK_VAR], grace_s=10)

@@ -13,13 +13,15 @@ from sweep.scoring.alpaca_eval.score import failed_evaluations
 from sweep.scoring.tasks import EVALUATION_FAILED
 from sweep.stability.map import StabilityMap
 from sweep.stability.table import format_cells_table
+from sweep.tracking.records import history_numbers
+from sweep.tracking.views import LOCAL_UI, experiment_url
 from sweep.trials.rows import trial_row
 from trainers.protocol import TrialStatus
 
 
 def collect_trials(results, config: SweepConfig, storage_path: str) -> pd.DataFrame:
     """One row per trial with its final status, from Tune's results (also after a resume); see
-    :func:`sweep.trials.rows.trial_row`."""
+    :func:`sweep.trials.rows.trial_row`, plus the numbers of :func:`sweep.tracking.records.history_numbers`."""
     from sweep.trials.trainable import trial_attempts, trial_output_dir
 
     rows = []
@@ -39,6 +41,7 @@ def collect_trials(results, config: SweepConfig, storage_path: str) -> pd.DataFr
                 attempts=attempts,
                 asha_grace=config.scheduler.grace_period if config.scheduler.asha else None,
             )
+            | history_numbers(result.metrics_dataframe)
         )
     return pd.DataFrame(rows)
 
@@ -52,6 +55,8 @@ class SweepOutcome:
     tracking_uri: str | None
     parent_run_id: str | None
     mlflow_pending: int = 0
+    experiment_id: str | None = None
+    sweep_name: str | None = None
 
     @property
     def n_trials(self) -> int:
@@ -86,10 +91,24 @@ class SweepOutcome:
             f"stability map: {self.stability_map.out_dir} (claims: {self.stability_map.out_dir / 'claims.md'})",
         ]
         if self.tracking_uri:
-            lines.append(f"MLflow: {self.tracking_uri} (parent run {self.parent_run_id}); browse with `mlflow ui`")
+            lines += self._mlflow_lines()
             if self.mlflow_pending:
                 lines.append(
                     f"WARNING: {self.mlflow_pending} MLflow calls could not be delivered; rerun with --resume once "
                     "the tracking server is back to log them (results are kept in Ray Tune's experiment state)"
                 )
         return "\n".join(lines)
+
+    def _mlflow_lines(self) -> list[str]:
+        """Where to browse the sweep in MLflow: its saved view's table and chart in the model-training view."""
+        uri = self.tracking_uri
+        if self.experiment_id is None:  # the server was down for the whole sweep: the runs are not there yet
+            return [f"MLflow: {uri} (runs not delivered yet)"]
+        table = experiment_url(uri, self.experiment_id, self.sweep_name)
+        chart = experiment_url(uri, self.experiment_id, self.sweep_name, chart=True)
+        lines = []
+        if not uri.startswith(("http://", "https://")):
+            lines.append(f"MLflow: {uri}; browse it with `mlflow ui --backend-store-uri {uri}` ({LOCAL_UI})")
+        lines.append(f"MLflow: {table} (runs by verdict; parent run {self.parent_run_id})")
+        lines.append(f"MLflow: {chart} (stability chart)")
+        return lines

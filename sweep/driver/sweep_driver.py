@@ -28,11 +28,13 @@ from sweep.scoring.mt_bench.score import finish_mt_bench, question_scores, start
 from sweep.scoring.preflight import check_vllm_on_gpu_nodes
 from sweep.search.lattice import lattices
 from sweep.stability.map import write_stability_map
-from sweep.tracking.records import describe_grid, finish_tracker, parent_run_name, trial_params
+from sweep.tracking.records import describe_grid, finish_tracker, parent_params, parent_run_name, trial_params
 from sweep.trials.rows import trial_label
 
 MLFLOW_SPOOL = "mlflow_pending.jsonl"
 """File in the experiment directory holding MLflow updates not yet delivered (replayed on ``--resume``)."""
+MLFLOW_CONFIG = "config.yaml"
+"""The sweep's whole config as YAML, in the experiment directory and as the MLflow parent run's artifact."""
 
 
 class SweepDriver:
@@ -101,6 +103,9 @@ class SweepDriver:
         # Ray Train's print patch defeats dill's stdout capture (behind datasets' fingerprinting), which then
         # floods the driver log with bytecode listings. Inherited by a local Ray instance's workers.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        # MLflow prints a link to the experiment's GenAI view whenever a run ends; the closing lines print the
+        # model-training view's instead (sweep.tracking.views).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         data = self.inputs.data
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as pool:
             # A reference pass in this process overlaps with the start of the local Ray instance.
@@ -171,31 +176,47 @@ class SweepDriver:
             tracking_uri=config.mlflow.resolved_uri() if tracker else None,
             parent_run_id=tracker.parent_run_id if tracker else None,
             mlflow_pending=mlflow_pending,
+            experiment_id=tracker.experiment_id if tracker else None,
+            sweep_name=config.name,
         )
 
     def _start_tracker(self, experiment_dir: Path):
         """The MLflow callback with its parent run started, or ``None`` with MLflow off."""
-        from sweep.tracking.callback import MLflowTracker, flatten
-        from sweep.tracking.runs import SweepRuns
+        import yaml
+
+        from sweep.tracking.callback import MLflowTracker
+        from sweep.tracking.runs import NOTE_TAG, SweepRuns
+        from sweep.tracking.summaries import experiment_description
+        from sweep.tracking.views import VIEW_TAG_PREFIX, view_envelope, view_id
 
         config = self.config
         if not config.mlflow.enabled:
             return None
+        n_trials = len(self.grid())
         runs = SweepRuns(
             tracking_uri=config.mlflow.resolved_uri(),
             experiment=config.mlflow.experiment,
             sweep_name=config.name,
-            sweep_params=flatten(to_dict(config)),
+            sweep_params=parent_params(config, n_trials),
             trial_params=trial_params,
             trial_name=lambda c: trial_label(c["trial"]),
-            parent_run_name=parent_run_name(config, len(self.grid())),
-            description=describe_grid(config, len(self.grid()), self.total_steps()),
+            parent_run_name=parent_run_name(config, n_trials),
+            description=describe_grid(config, n_trials, self.total_steps()),
+            experiment_tags={
+                NOTE_TAG: experiment_description(config.mlflow.experiment),
+                VIEW_TAG_PREFIX + view_id(config.name): view_envelope(config.name),
+            },
         )
         tracker = MLflowTracker(
             runs,
             spool_path=experiment_dir / MLFLOW_SPOOL,
             divergence=config.train.divergence,
             verdicts=config.train.verdicts,
+            asha_grace=config.scheduler.grace_period if config.scheduler.asha else None,
         )
         tracker.start()
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        config_file = experiment_dir / MLFLOW_CONFIG
+        config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        tracker.log_artifacts([config_file], artifact_path=None)
         return tracker

@@ -45,18 +45,6 @@ from trainers.verdicts import VerdictConfig
 logger = logging.getLogger(__name__)
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 class MLflowTracker(MLflowDelivery, Callback):
     """Logs a sweep to MLflow and survives tracking outages (delivery:
     :class:`~sweep.tracking.delivery.MLflowDelivery`).
@@ -67,6 +55,8 @@ class MLflowTracker(MLflowDelivery, Callback):
         retry_interval_s: Seconds between delivery attempts while the server is down.
         divergence: The sweep's divergence thresholds (``train.divergence``), to judge a trial when it ends.
         verdicts: The sweep's verdict thresholds (``train.verdicts``), to judge a trial when it ends.
+        asha_grace: ASHA's first rung when the sweep prunes with ASHA (a trial ending without its final report after
+            it was pruned, before it interrupted).
     """
 
     def __init__(
@@ -76,10 +66,12 @@ class MLflowTracker(MLflowDelivery, Callback):
         retry_interval_s: float = 15.0,
         divergence: DivergenceConfig | None = None,
         verdicts: VerdictConfig | None = None,
+        asha_grace: int | None = None,
     ) -> None:
         super().__init__(runs, spool_path=spool_path, retry_interval_s=retry_interval_s)
         self.divergence = divergence or DivergenceConfig()
         self.verdicts = verdicts or VerdictConfig()
+        self.asha_grace = asha_grace
         self._results: dict[str, list[dict[str, Any]]] = {}
         """Each running trial's reported results (numbers only), to judge it when it ends."""
 
@@ -140,7 +132,7 @@ class MLflowTracker(MLflowDelivery, Callback):
         if results is None:  # never started under this driver: its run ends with the sweep's summary
             return
         try:
-            status, reason = status_of_reports(results, error, self.divergence, self.verdicts)
+            status, reason = status_of_reports(results, error, self.divergence, self.verdicts, self.asha_grace)
         except Exception as err:  # noqa: BLE001 - a judging bug must not stop the sweep: the summary ends the run
             logger.warning("could not judge trial %s as it ended (%s); its MLflow run ends with the sweep", trial, err)
             return
@@ -209,14 +201,13 @@ class MLflowTracker(MLflowDelivery, Callback):
             }
         )
 
-    def log_artifacts(self, paths: Iterable[Path], artifact_path: str = "stability_map") -> None:
-        """Upload files (tables, heatmaps) to the parent run."""
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = "stability_map") -> None:
+        """Upload files (tables, heatmaps; ``artifact_path=None``: at the top) to the parent run."""
         self._submit({"op": "artifacts", "paths": [str(p) for p in paths], "artifact_path": artifact_path})
 
-    def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Log sweep-level metrics (e.g. collapse rates) on the parent run; NaN values are left out."""
-        clean = {k: float(v) for k, v in metrics.items() if _is_value(v)}
-        self._submit({"op": "parent_metrics", "metrics": clean, "timestamp": int(time.time() * 1000)})
+    def describe_sweep(self, text: str) -> None:
+        """Set the parent run's description (markdown), e.g. the cell verdict table and the claims at the end."""
+        self._submit({"op": "parent_note", "text": text})
 
     def close(self, status: str = "FINISHED") -> int:
         """Terminate the parent run, flush, spool what is left; returns the number of undelivered updates."""

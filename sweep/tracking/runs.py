@@ -2,9 +2,10 @@
 trial attempt, found again by tags after a restart (:class:`RunOperations`). Every operation is plain data (a
 JSON-ready ``{"op": ...}`` dict), so :class:`sweep.tracking.delivery.MLflowDelivery` can queue and spool it.
 
-Summary metrics (a trial's ``final/*``, the parent's ``cell/*``, all at step 0) are idempotent: a key whose latest
-value on the run is already the one being logged is skipped, so a replayed spool followed by the resumed sweep's own
-summary leaves one point per key.
+Summary metrics (a trial's ``final/*``, all at step 0) are idempotent: a key whose latest value on the run is already
+the one being logged is skipped, so a replayed spool followed by the resumed sweep's own summary leaves one point per
+key. A trial's verdict is logged as numbers and as the run's description (:mod:`sweep.tracking.summaries`) as soon as
+its trial ends, and again (unchanged unless judged anew) with the sweep's summary.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from sweep.tracking.summaries import trial_note, verdict_metrics
 from trainers.protocol import TrialStatus
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ TRIAL_TAG = "dlrml.trial_id"
 ROLE_TAG = "dlrml.role"
 """``sweep`` on the parent run, ``trial`` on nested runs (both carry the sweep tag)."""
 SUPERSEDED_TAG = "dlrml.superseded"
-"""``true`` on a trial's nested run whose attempt was followed by another (a retry, or a restart after ``--resume``)."""
+"""``true`` on a trial's nested run whose attempt was followed by another (a retry, or a restart after ``--resume``),
+``false`` on its current run (MLflow's search never matches a run that lacks a tag, so both values are set)."""
 ATTEMPT_TAG = "dlrml.attempt"
 """On a trial's nested run: which start of the trial it records (1, 2, ...; a run without it is attempt 1)."""
 SELECTED_TAG = "selected_for"
@@ -76,6 +79,8 @@ class SweepRuns:
         parent_run_name: The parent run's display name, e.g. ``"<sweep>: dpo, dlrml x beta_kl 0.05-1 (10 trials)"``
             (``sweep_name`` when ``None``).
         description: The parent run's description (markdown, MLflow's ``mlflow.note.content`` tag), or ``None``.
+        experiment_tags: Tags the experiment gets where it lacks them (its description, saved views): what a user
+            changed in the UI is kept.
     """
 
     tracking_uri: str
@@ -86,6 +91,7 @@ class SweepRuns:
     trial_name: Callable[[dict], str]
     parent_run_name: str | None = None
     description: str | None = None
+    experiment_tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class RunOperations:
@@ -105,6 +111,7 @@ class RunOperations:
         self.trial_name = runs.trial_name
         self.parent_run_name = runs.parent_run_name or runs.sweep_name
         self.description = runs.description
+        self.experiment_tags = dict(runs.experiment_tags)
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.trial_runs: dict[str, str] = {}
@@ -142,12 +149,10 @@ class RunOperations:
             parent = self._ensure_parent()
             for path in op["paths"]:
                 self.client.log_artifact(parent, path, op["artifact_path"])
+        elif kind == "parent_note":
+            self.client.set_tag(self._ensure_parent(), NOTE_TAG, op["text"][:_NOTE_LIMIT])
         elif kind == "parent_metrics":
-            parent = self._ensure_parent()
-            logged = self.client.get_run(parent).data.metrics
-            metrics = _unlogged([Metric(k, v, op["timestamp"], 0) for k, v in op["metrics"].items()], logged)
-            if metrics:
-                self.client.log_batch(parent, metrics=metrics)
+            pass  # per-cell metrics, spooled by an earlier version of the sweep: the description has the cells now
         elif kind == "trial_artifacts":
             run_id = self._ensure_trial_run(op["trial_id"], op["config"])
             for path in op["paths"]:
@@ -161,14 +166,14 @@ class RunOperations:
         if self.parent_run_id is not None:
             return self.parent_run_id
         experiment = self.client.get_experiment_by_name(self.experiment)
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **self.experiment_tags}
         if experiment is None:
-            self.experiment_id = self.client.create_experiment(
-                self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-            )
+            self.experiment_id = self.client.create_experiment(self.experiment, tags=tags)
         else:
             self.experiment_id = experiment.experiment_id
-            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind a user picked in the UI is kept
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            for key, value in tags.items():
+                if key not in experiment.tags:  # a kind, description or view a user changed in the UI is kept
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_name}' and tags.`{ROLE_TAG}` = 'sweep'",
@@ -186,7 +191,7 @@ class RunOperations:
             self.parent_run_id = run.info.run_id
             self._log_params(self.parent_run_id, self.sweep_params)
         if self.description:
-            self.client.set_tag(self.parent_run_id, NOTE_TAG, self.description[:5000])
+            self.client.set_tag(self.parent_run_id, NOTE_TAG, self.description[:_NOTE_LIMIT])
         return self.parent_run_id
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -214,6 +219,7 @@ class RunOperations:
                 SWEEP_TAG: self.sweep_name,
                 ROLE_TAG: "trial",
                 ATTEMPT_TAG: str(attempt),
+                SUPERSEDED_TAG: "false",
             },
         )
         run_id = run.info.run_id
@@ -263,19 +269,28 @@ class RunOperations:
 
     def _end_trial(self, trial_id: str, config: dict, status: str, reason: str | None, timestamp: int) -> None:
         run_id = self._ensure_trial_run(trial_id, config)
-        tags = [RunTag("dlrml.status", status), RunTag("verdict", status)]
+        tags = [RunTag("dlrml.status", status), RunTag("verdict", status), RunTag(NOTE_TAG, trial_note(status, reason))]
         if reason:
-            tags.append(RunTag("dlrml.reason", reason[:5000]))
-        self.client.log_batch(run_id, tags=tags)
+            tags.append(RunTag("dlrml.reason", reason[:_NOTE_LIMIT]))
+        logged = self.client.get_run(run_id).data.metrics
+        metrics = [Metric(f"final/{k}", v, timestamp, 0) for k, v in verdict_metrics(status).items()]
+        self.client.log_batch(run_id, metrics=_unlogged(metrics, logged), tags=tags)
         self.client.set_terminated(run_id, TrialStatus(status).mlflow_run_status, end_time=timestamp)
 
     def _finish(self, trial_id: str, config: dict, status: str, summary: Mapping[str, Any], timestamp: int) -> None:
         run_status = RunStatus.from_string(TrialStatus(status).mlflow_run_status)
         run_id = self._ensure_trial_run(trial_id, config)
+        reason = summary.get("reason")
         tags = [RunTag("dlrml.status", status), RunTag("verdict", status)]
-        tags += [RunTag(f"dlrml.{k}", str(v)[:5000]) for k, v in summary.items() if not is_number(v)]
+        tags += [RunTag(f"dlrml.{k}", str(v)[:_NOTE_LIMIT]) for k, v in summary.items() if not is_number(v)]
+        tags.append(RunTag(NOTE_TAG, trial_note(status, reason if isinstance(reason, str) else None, summary)))
+        if is_number(summary.get("attempts")) and summary["attempts"] >= 1:
+            # The trial's own count (its workers' log) wins: a run reused by a restart that came before the trial's
+            # first report was created for an earlier start.
+            tags.append(RunTag(ATTEMPT_TAG, str(int(summary["attempts"]))))
         run = self.client.get_run(run_id)
-        metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in summary.items() if is_number(v)]
+        numbers = {**{k: v for k, v in summary.items() if is_number(v)}, **verdict_metrics(status)}
+        metrics = [Metric(f"final/{k}", float(v), timestamp, 0) for k, v in numbers.items()]
         self.client.log_batch(run_id, metrics=_unlogged(metrics, run.data.metrics), tags=tags)
         info = run.info
         wanted = RunStatus.to_string(run_status)
@@ -284,6 +299,10 @@ class RunOperations:
             self.client.set_terminated(run_id, wanted, end_time=timestamp)
         elif info.status != wanted:
             self.client.set_terminated(run_id, wanted, end_time=info.end_time)
+
+
+_NOTE_LIMIT = 5000
+"""Characters of a description or text tag kept (MLflow takes 8000; a long table is cut, its file has it all)."""
 
 
 def is_number(value: Any) -> bool:

@@ -76,8 +76,10 @@ def test_sweep_scores_its_trial_on_mt_bench_and_against_the_reference_policy(tmp
     assert all(data.tags.get(SELECTED_TAG) == "mt_bench,alpaca_eval" for data in scored.values())
     for data in scored.values():  # each benchmark's generation time, measured on the worker
         assert data.metrics["alpaca_eval/generation_s"] > 0 and data.metrics["mt_bench/generation_s"] > 0
-    parent = next(r.data for r in runs if "cell/dlrml_bkl0.1_bmix0.2/alpaca_lc" in r.data.metrics)
-    assert parent.metrics["cell/dlrml_bkl0.1_bmix0.2/alpaca_lc"] == pytest.approx(cells["alpaca_lc_mean"].iloc[0])
+    for data in scored.values():  # the sweep's summary: the LC win rate as the trial has it in trials.csv
+        assert data.metrics[f"final/{AlpacaColumn.LC}"] == pytest.approx(trials[AlpacaColumn.LC].iloc[0])
+    parent = next(r.data for r in runs if r.data.tags.get("dlrml.role") == "sweep")
+    assert "AlpacaEval LC" in parent.tags["mlflow.note.content"]  # the cells table of the parent's description
     _check_mt_bench(storage / "smoke" / "trials", trials)
     scores = json.loads(next((storage / "smoke" / "trials").glob("*/alpaca_eval/alpaca_eval_scores.json")).read_text())
     assert "fallback GLM" in scores["metrics"]["lc_method"]

@@ -34,6 +34,7 @@ from sweep.tracking.runs import (
     scrub,
 )
 from trainers.collapse import DivergenceConfig
+from trainers.protocol import TrialStatus
 from trainers.verdicts import VerdictConfig
 
 
@@ -217,6 +218,12 @@ def _final(step: int, accuracy: float) -> dict:
     return {"step": step, "report/type": 2, "final": 1, "eval/pairs": 16, "eval_rewards/accuracies": accuracy}
 
 
+def _settled(accuracy: float) -> list[dict]:
+    """Three training steps, each with a held-out evaluation at ``accuracy`` (a settled verdict), then the end."""
+    steps = [report for step in (1, 2, 3) for report in (_train(step), _eval(step, accuracy))]
+    return [*steps, _final(3, accuracy)]
+
+
 def _report(tracker: MLflowTracker, trial, *results: dict) -> None:
     tracker.on_trial_start(0, [], trial)
     for result in results:
@@ -231,9 +238,9 @@ def test_trial_run_ends_when_the_trial_ends_and_the_summary_keeps_its_end(sqlite
     tracker = _browsed_tracker(sqlite_uri, "ends")
     tracker.start()
     stable, stalled, pruned, diverged, errored = (_trial(t) for t in ("ts", "tl", "tp", "td", "te"))
-    _report(tracker, stable, _train(1), _eval(2, 0.9), _final(2, 0.9))
-    _report(tracker, stalled, _train(1), _eval(2, 0.6), _final(2, 0.6))
-    _report(tracker, pruned, _train(1), _eval(2, 0.55))
+    _report(tracker, stable, *_settled(0.9))
+    _report(tracker, stalled, *_settled(0.6))
+    _report(tracker, pruned, _train(1), _eval(1, 0.55))
     _report(tracker, diverged, _train(1), _train(2, math.nan))
     _report(tracker, errored, _train(1))
     running = _run(tracker, "ts")
@@ -246,7 +253,7 @@ def test_trial_run_ends_when_the_trial_ends_and_the_summary_keeps_its_end(sqlite
     expected = {
         "ts": ("stable", "FINISHED"),
         "tl": ("stalled", "FINISHED"),
-        "tp": ("pruned", "KILLED"),
+        "tp": ("interrupted", "KILLED"),  # no final report, no error, no ASHA: the sweep was stopped
         "td": ("diverged", "FINISHED"),
         "te": ("errored", "FAILED"),
     }
@@ -260,8 +267,27 @@ def test_trial_run_ends_when_the_trial_ends_and_the_summary_keeps_its_end(sqlite
         ), trial_id
         assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
         ended[trial_id] = run.info.end_time
+        # The verdict as numbers a chart can plot, and as the run's description with its full reason.
+        assert run.data.metrics["final/verdict_code"] == TrialStatus(status).code, trial_id
+        note = run.data.tags[NOTE_TAG]
+        assert note.startswith(f"**{status}**") and run.data.tags.get("dlrml.reason", "") in note, note
+    verdicts = {
+        t: {k: _run(tracker, t).data.metrics.get(f"final/{k}") for k in ("failed", "unstable")} for t in expected
+    }
+    assert verdicts == {
+        "ts": {"failed": 0, "unstable": 0},
+        "tl": {"failed": 1, "unstable": 0},
+        "td": {"failed": 1, "unstable": 1},
+        "tp": {"failed": None, "unstable": None},  # no verdict: neither failed nor not (never a placeholder)
+        "te": {"failed": None, "unstable": None},
+    }
+    assert "(failed, unstable)" in _run(tracker, "td").data.tags[NOTE_TAG]
+    assert "(no verdict" in _run(tracker, "tp").data.tags[NOTE_TAG]
     assert _run(tracker, "td").data.tags["dlrml.reason"].startswith("non_finite_loss")
-    assert _run(tracker, "tp").data.tags["dlrml.reason"] == "asha at step 2"
+    assert (
+        _run(tracker, "tp").data.tags["dlrml.reason"]
+        == "ended at step 1 without its final report (the sweep was stopped)"
+    )
     assert "no error recorded" in _run(tracker, "te").data.tags["dlrml.reason"]
     losses = {m.step: m.value for m in tracker.client.get_metric_history(tracker.trial_runs["td"], "loss")}
     assert losses[1] == 0.69 and math.isnan(losses[2])  # the diverging step's NaN is logged: it is the evidence
@@ -273,9 +299,14 @@ def test_trial_run_ends_when_the_trial_ends_and_the_summary_keeps_its_end(sqlite
     summarised = _run(tracker, "ts")
     assert summarised.info.end_time == ended["ts"] and summarised.info.status == "FINISHED"
     assert summarised.data.metrics["final/eval_accuracy"] == 0.9 and summarised.data.tags["dlrml.reason"] == "ok"
+    assert (
+        summarised.data.tags[NOTE_TAG].startswith("**stable**")
+        and "held-out accuracy 0.900" in summarised.data.tags[NOTE_TAG]
+    )
     rejudged = _run(tracker, "tp")
     assert (rejudged.info.status, rejudged.data.tags["verdict"]) == ("FINISHED", "stable")
     assert rejudged.info.end_time == ended["tp"]
+    assert (rejudged.data.metrics["final/verdict_code"], rejudged.data.metrics["final/failed"]) == (0, 0)
 
 
 class _Unreachable:
@@ -292,7 +323,7 @@ def test_a_trial_ended_during_an_outage_keeps_its_end_time(sqlite_uri):
     tracker = _browsed_tracker(sqlite_uri, "outage-end", retry_interval_s=0.0)
     tracker.start()
     trial = _trial("t1")
-    _report(tracker, trial, _train(1), _eval(2, 0.9), _final(2, 0.9))
+    _report(tracker, trial, *_settled(0.9))
     client, tracker.client = tracker.client, _Unreachable()
     before = int(time.time() * 1000)
     tracker.on_trial_complete(0, [], trial)
@@ -312,6 +343,7 @@ def test_parent_run_name_description_experiment_kind_selection_and_no_nan_summar
         "browse",
         parent_run_name="browse-sweep: dpo, dlrml x beta_kl 0.05-1 (2 trials)",
         description=description,
+        experiment_tags={NOTE_TAG: "what the runs are", "mlflow.sharedViewState.v": '{"name": "v"}'},
     )
     tracker.start()
     chosen, other = _trial("t1"), _trial("t2", "dlrml")
@@ -319,27 +351,34 @@ def test_parent_run_name_description_experiment_kind_selection_and_no_nan_summar
     _report(tracker, other, _train(1))
     tracker.mark_selected("t1", chosen.config)
     tracker.log_trial_metrics("t1", chosen.config, {"mt_bench/score": 6.5, "mt_bench/turn_2": math.nan})
-    tracker.log_parent_metrics({"cell/dpo_bkl0.1/failure_rate": 0.5, "cell/dlrml_bkl0.1/eval_accuracy": math.nan})
     assert tracker.close() == 0
 
     client = tracker.client
     experiment = client.get_experiment_by_name("browse")
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    assert experiment.tags[NOTE_TAG] == "what the runs are" and experiment.tags["mlflow.sharedViewState.v"]
     parent = client.get_run(tracker.parent_run_id)
     assert parent.info.run_name == "browse-sweep: dpo, dlrml x beta_kl 0.05-1 (2 trials)"
     assert parent.data.tags[NOTE_TAG] == description and parent.data.tags[SWEEP_TAG] == "browse-sweep"
-    assert parent.data.metrics == {"cell/dpo_bkl0.1/failure_rate": 0.5}
+    assert parent.data.metrics == {}
     selected, unselected = _run(tracker, "t1"), _run(tracker, "t2")
     assert selected.data.tags[SELECTED_TAG] == "mt_bench" and SELECTED_TAG not in unselected.data.tags
     assert selected.data.metrics["mt_bench/score"] == 6.5 and "mt_bench/turn_2" not in selected.data.metrics
     assert [m.step for m in client.get_metric_history(selected.info.run_id, "loss")] == [1, 2]
 
-    # Resumed with a new description: the parent run is found again and described anew; the experiment keeps its kind.
-    resumed = _browsed_tracker(sqlite_uri, "browse", parent_run_name="renamed", description="resumed")
+    # Resumed with a new description: the parent run is found again and described anew, at the end with its results;
+    # the experiment keeps its kind, and the description a user edited in the UI.
+    client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, "edited in the UI")
+    resumed = _browsed_tracker(
+        sqlite_uri, "browse", parent_run_name="renamed", description="resumed", experiment_tags={NOTE_TAG: "new"}
+    )
     resumed.start()
+    assert client.get_run(tracker.parent_run_id).data.tags[NOTE_TAG] == "resumed"
+    resumed.describe_sweep("resumed\n\n| cell | verdict |")
     assert resumed.close() == 0 and resumed.parent_run_id == tracker.parent_run_id
     again = client.get_run(tracker.parent_run_id)
-    assert again.info.run_name == "renamed" and again.data.tags[NOTE_TAG] == "resumed"
+    assert again.info.run_name == "renamed" and again.data.tags[NOTE_TAG] == "resumed\n\n| cell | verdict |"
+    assert client.get_experiment(experiment.experiment_id).tags[NOTE_TAG] == "edited in the UI"
 
 
 # -- one point per step and attempt -------------------------------------------------------------------------------
@@ -377,7 +416,12 @@ def test_a_trial_started_again_gets_a_fresh_run_with_one_point_per_step(sqlite_u
     assert superseded.data.tags[SUPERSEDED_TAG] == "true" and superseded.data.tags[ATTEMPT_TAG] == "1"
     assert superseded.info.status == "KILLED" and before <= superseded.info.end_time
     assert _loss_steps(tracker, first_run) == [1, 2, 3]  # the first attempt's evidence is kept, on its own run
-    assert SUPERSEDED_TAG not in current.data.tags and current.data.tags[ATTEMPT_TAG] == "2"
+    assert current.data.tags[SUPERSEDED_TAG] == "false" and current.data.tags[ATTEMPT_TAG] == "2"
+    # The README's filter for one run per trial finds the current run only (MLflow never matches an absent tag).
+    experiment_id = tracker.experiment_id
+    for wanted in (f"tags.`{SUPERSEDED_TAG}` != 'true'", f"tags.`{SUPERSEDED_TAG}` = 'false'"):
+        found = tracker.client.search_runs([experiment_id], f"{wanted} and tags.`{TRIAL_TAG}` = 't1'")
+        assert [r.info.run_id for r in found] == [current.info.run_id], wanted
     assert current.data.tags[PARENT_TAG] == tracker.parent_run_id == first.parent_run_id
     assert current.data.params == {"loss": "dpo"} and current.info.status == "RUNNING"
     assert _loss_steps(tracker, current.info.run_id) == [1, 2, 3, 4]  # exactly one point per step
@@ -413,8 +457,28 @@ def test_a_trial_restarted_before_it_reported_reuses_its_run(sqlite_uri):
     _report(resumed, trial, _train(1), _train(2))
     (run,) = _versions(resumed, "t1")
     assert run.info.run_id == tracker.trial_runs["t1"] == resumed.trial_runs["t1"]
-    assert run.data.tags[ATTEMPT_TAG] == "1" and SUPERSEDED_TAG not in run.data.tags
+    assert run.data.tags[ATTEMPT_TAG] == "1" and run.data.tags[SUPERSEDED_TAG] == "false"
     assert _loss_steps(resumed, run.info.run_id) == [1, 2]
+
+
+def test_a_reused_run_records_the_attempt_the_trial_counted(sqlite_uri):
+    """A driver SIGKILLed after a trial's worker started but before its first report, then ``--resume``: the trial
+    starts a second time on the same run (it holds no points), so the run's attempt tag, ``final/attempts`` and
+    ``trials.csv`` (the trial's workers' log) must all say 2."""
+    first = _browsed_tracker(sqlite_uri, "attempts-reused")
+    first.start()
+    trial = _trial("t1")
+    first.on_trial_start(0, [], trial)  # attempt 1 starts, reports nothing; the driver is killed
+    resumed = _browsed_tracker(sqlite_uri, "attempts-reused")
+    resumed.start()
+    _report(resumed, trial, *_settled(0.9))
+    resumed.on_trial_complete(0, [], trial)
+    resumed.finish_trial("t1", trial.config, "stable", {"steps": 2, "attempts": 2, "eval_accuracy": 0.9})
+    assert resumed.close() == 0
+    (run,) = _versions(resumed, "t1")
+    assert run.info.run_id == first.trial_runs["t1"]
+    assert (run.data.tags[ATTEMPT_TAG], run.data.metrics["final/attempts"]) == ("2", 2)
+    assert "attempt 2" in run.data.tags[NOTE_TAG]
 
 
 def _history_lengths(client: MlflowClient, run_id: str, prefix: str) -> dict[str, int]:
@@ -428,14 +492,14 @@ def test_summary_metrics_have_one_point_per_key_after_a_replay_and_a_resume(sqli
     tracker = _browsed_tracker(sqlite_uri, "summary-twice", spool_path=spool, retry_interval_s=0.0)
     tracker.start()
     trial = _trial("t1")
-    _report(tracker, trial, _train(1), _eval(2, 0.9), _final(2, 0.9))
+    _report(tracker, trial, *_settled(0.9))
     tracker.on_trial_complete(0, [], trial)
     summary = {"reason": "ok", "steps": 2, "attempts": 1, "eval_accuracy": 0.9}
-    cells = {"cell/dpo_bkl0.1/failure_rate": 0.0, "cell/dpo_bkl0.1/eval_accuracy": 0.9}
+    note = "| cell | verdict |\n|---|---|\n| dpo 0.1 | **stable** |"
     client, tracker.client = tracker.client, _Unreachable()
     tracker.finish_trial("t1", trial.config, "stable", summary)
-    tracker.log_parent_metrics(cells)
-    assert tracker.close() == 3 and spool.is_file()  # finish, parent metrics, close
+    tracker.describe_sweep(note)
+    assert tracker.close() == 3 and spool.is_file()  # finish, parent description, close
 
     for _ in range(2):  # --resume (the spool is replayed first), then once more
         resumed = _browsed_tracker(sqlite_uri, "summary-twice", spool_path=spool)
@@ -443,8 +507,8 @@ def test_summary_metrics_have_one_point_per_key_after_a_replay_and_a_resume(sqli
         assert not spool.exists()
         resumed.finish_trial("t1", trial.config, "stable", summary)
         resumed.finish_trial("t1", trial.config, "stable", summary)
-        resumed.log_parent_metrics(cells)
-        resumed.log_parent_metrics(cells)
+        resumed.describe_sweep(note)
+        resumed.describe_sweep(note)
         assert resumed.close() == 0
 
     run_id = resumed._ensure_trial_run("t1", trial.config)
@@ -452,9 +516,12 @@ def test_summary_metrics_have_one_point_per_key_after_a_replay_and_a_resume(sqli
         "final/steps": 1,
         "final/attempts": 1,
         "final/eval_accuracy": 1,
+        "final/verdict_code": 1,  # logged as the trial ended, then by every summary: one point
+        "final/failed": 1,
+        "final/unstable": 1,
     }
-    assert _history_lengths(client, resumed.parent_run_id, "cell/") == dict.fromkeys(cells, 1)
-    assert _loss_steps(resumed, run_id) == [1]
+    assert client.get_run(resumed.parent_run_id).data.tags[NOTE_TAG] == note
+    assert _loss_steps(resumed, run_id) == [1, 2, 3]
 
     # A value that changed (e.g. a trial judged again) is a new point, and the run shows it.
     resumed.finish_trial("t1", trial.config, "stable", {**summary, "eval_accuracy": 0.95})
