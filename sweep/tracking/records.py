@@ -15,6 +15,7 @@ from sweep.columns import AlpacaColumn, MTBenchColumn
 from sweep.config import SweepConfig
 from sweep.stability.map import StabilityMap
 from sweep.stability.table import format_beta
+from sweep.trials.rows import after_start
 from trainers.losses import get_loss
 from trainers.protocol import Failure, Metric, ReportKey, ReportType, TrialStatus
 
@@ -131,7 +132,7 @@ def history_numbers(history: pd.DataFrame | None) -> dict[str, float]:
         return numbers
     drift = Metric.LOGPS_CHOSEN_DRIFT_PER_TOKEN.held_out
     if drift in history and ReportKey.STEP in history:
-        values = history.sort_values(ReportKey.STEP, kind="stable")[drift].dropna()
+        values = after_start(history).sort_values(ReportKey.STEP, kind="stable")[drift].dropna()
         numbers[CHOSEN_DRIFT] = float(values.iloc[-1]) if len(values) else math.nan
     steps = history
     if ReportKey.REPORT_TYPE in history:

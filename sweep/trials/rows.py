@@ -150,7 +150,7 @@ def trial_row(
         "divergence_kind": verdict.kind if verdict.diverged else None,
         "steps": _steps(last),
         "attempts": attempts,
-        "eval_accuracy": _last_value(history, HELD_OUT_ACCURACY),
+        "eval_accuracy": _last_value(after_start(history), HELD_OUT_ACCURACY),
         **training_statistics(history),
         "config": config,
     }
@@ -176,6 +176,14 @@ def training_statistics(history: pd.DataFrame | None) -> dict[str, float]:
         "grad_norm_max": float(norms.max()) if len(norms) else math.nan,
         "grad_norm_p95": float(norms.quantile(0.95)) if len(norms) else math.nan,
     }
+
+
+def after_start(history: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The reports after the first step: the reference's own evaluation (step 0) starts a curve but is not the
+    trial's result (a trial that diverged at its first step has no held-out accuracy of its own)."""
+    if history is None or ReportKey.STEP not in history:
+        return history
+    return history[history[ReportKey.STEP] > 0]
 
 
 def _steps(last: Mapping[str, Any]) -> int:

@@ -168,3 +168,9 @@ def test_status_properties(status):
     assert Failure.UNSTABLE.includes(status) == (status in ("collapsed", "diverged"))
     assert status.trained_to_end == (status in (*verdicts[:4], "unsettled"))
     assert status.mlflow_run_status in ("FINISHED", "FAILED", "KILLED")
+
+
+def test_a_trial_that_diverged_at_its_first_step_has_no_held_out_accuracy_of_its_own():
+    """Its only evaluation is the reference's (step 0, every margin 0): not the trial's result."""
+    out = row([held_out(0, 0.0), train(1, loss=math.nan)])
+    assert out["status"] == TrialStatus.DIVERGED and math.isnan(out["eval_accuracy"])
