@@ -3,7 +3,9 @@ it, the significance rules worked by hand, and settling."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +49,22 @@ def test_dpo_that_trains_longer_stays_stable():
     evals = evaluations([6, 12, 18, 24], [0.719, 0.703, 0.750, 0.766], [-1.01, -2.99, -3.23, -3.08])
     verdict = judge_behaviour(evals, N_PAIRS)
     assert verdict.status == "stable" and verdict.settled
+
+
+RECORDED = json.loads((Path(__file__).parent / "data" / "recorded_dpo_trajectories.json").read_text())
+"""Two DPO trials on the embedded model, 30 steps, a held-out evaluation every 3 (see its ``_about``)."""
+
+
+@pytest.mark.parametrize("trial", ["dpo_bkl1", "dpo_bkl0.05"])
+def test_recorded_dpo_trials_are_stable_at_every_horizon(trial):
+    """Both learn by step 3 (accuracy 0.69-0.73 to the end) while the chosen log-prob falls to -3.2 / -3.4 nats per
+    token: the old rules called both collapsed from step 9 on. Judged on every prefix from the third evaluation, the
+    verdict is stable and settled at each horizon."""
+    recorded = RECORDED[trial]
+    evals = recorded["evaluations"]
+    for end in range(3, len(evals) + 1):
+        verdict = judge_behaviour(evals[:end], recorded["eval_pairs"])
+        assert (verdict.status, verdict.settled) == ("stable", True), f"at step {evals[end - 1]['step']}"
 
 
 def test_a_policy_at_the_wrong_sign_minimum_is_reversed_not_collapsed():
