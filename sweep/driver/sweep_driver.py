@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from sweep.cluster.reference_pass import reference_in_driver, shared_reference
 from sweep.cluster.storage import check_shared_storage
 from sweep.columns import AlpacaColumn, MTBenchColumn
 from sweep.config import SweepConfig, to_dict
-from sweep.driver.inputs import CONFIG_FILE, SweepInputs, load_inputs, resumes_existing_sweep
+from sweep.driver.inputs import (
+    CONFIG_FILE,
+    SweepInputs,
+    load_inputs,
+    resumes_existing_sweep,
+    with_policies_saved,
+)
 from sweep.driver.outcome import SweepOutcome, collect_trials
 from sweep.driver.tuner import TunerPlan, build_tuner, max_concurrent
 from sweep.errors import SweepOutputError
@@ -57,8 +64,13 @@ class SweepDriver:
         Raises:
             SweepInputError: Naming what is wrong.
         """
+        self.config, saving = with_policies_saved(self.config)
+        if saving:
+            print(f"[sweep] {saving}")
         self.resume = resumes_existing_sweep(self.config, self.storage_path, self.resume)
         self.inputs = load_inputs(self.config, self.address)
+        for warning in self.inputs.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
     def total_steps(self) -> int:
         """Optimizer steps one trial runs (ASHA's ``max_t``)."""
