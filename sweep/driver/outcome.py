@@ -85,7 +85,9 @@ class SweepOutcome:
             f"stability map: {self.stability_map.out_dir} (claims: {self.stability_map.out_dir / 'claims.md'})",
         ]
         if self.tracking_uri:
-            lines.append(f"MLflow: {self.tracking_uri} (parent run {self.parent_run_id}); browse with `mlflow ui`")
+            uri = self.tracking_uri
+            browse = "in its UI" if uri.startswith("http") else f"with `mlflow ui --backend-store-uri {uri}`"
+            lines.append(f"MLflow: {uri} (parent run {self.parent_run_id}); browse {browse}")
             if self.mlflow_pending:
                 lines.append(
                     f"WARNING: {self.mlflow_pending} MLflow calls could not be delivered; rerun with --resume once "

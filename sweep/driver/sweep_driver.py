@@ -16,6 +16,7 @@ import pandas as pd
 
 from sweep.claims.report import write_claims
 from sweep.cluster.connect import init_ray
+from sweep.cluster.job_dir import outside_job_dir
 from sweep.cluster.reference_pass import reference_in_driver, shared_reference
 from sweep.cluster.storage import check_shared_storage
 from sweep.columns import AlpacaColumn, MTBenchColumn
@@ -52,10 +53,10 @@ class SweepDriver:
     """
 
     def __init__(self, config: SweepConfig, *, resume: bool = False, address: str | None = None) -> None:
-        self.config = config
+        self.config, self.moved = outside_job_dir(config)
         self.resume = resume
         self.address = address
-        self.storage_path = str(Path(config.storage_path).expanduser().resolve())
+        self.storage_path = str(Path(self.config.storage_path).expanduser().resolve())
         self.inputs: SweepInputs | None = None
 
     def validate_inputs(self) -> None:
@@ -65,8 +66,9 @@ class SweepDriver:
             SweepInputError: Naming what is wrong.
         """
         self.config, saving = with_policies_saved(self.config)
-        if saving:
-            print(f"[sweep] {saving}")
+        for line in (self.moved, saving):
+            if line:
+                print(f"[sweep] {line}")
         self.resume = resumes_existing_sweep(self.config, self.storage_path, self.resume)
         self.inputs = load_inputs(self.config, self.address)
         for warning in self.inputs.warnings:
@@ -165,14 +167,15 @@ class SweepDriver:
             SweepOutputError: A file could not be written (Tune's experiment state keeps every result).
         """
         config = self.config
+        map_dir = config.map_dir().expanduser().resolve()  # the closing lines print where it is, absolute
         try:
             stability = write_stability_map(
                 trials.drop(columns=[MTBenchColumn.JUDGMENTS, AlpacaColumn.ANNOTATIONS]),
-                config.map_dir(),
+                map_dir,
                 lattices=lattices(config.grid) if config.search == "adaptive" else None,
             )
             claims = write_claims(
-                stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
+                stability.trials, map_dir, sweep_name=config.name, question_scores=question_scores(trials)
             )
             mlflow_pending = finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
         except OSError as err:

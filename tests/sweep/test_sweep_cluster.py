@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,7 +33,6 @@ from tests.sweeps import (
     REPO_ROOT,
     RUN_SCRIPT,
     SWEEP_TIMEOUT_S,
-    UPLOAD_EXCLUDES,
     run_sweep,
     start_ray_head,
     superseded,
@@ -62,36 +63,69 @@ def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_clu
     assert not (results / "smoke").exists()
 
 
-def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
-    results = tmp_path / "results"  # absolute: the job's working directory is the uploaded package
-    submission_id = f"dlrml-test-{uuid.uuid4().hex[:8]}"
-    ray = str(BIN_DIR / "ray")
-    submit = run(
-        [
-            *(ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", submission_id),
-            *("--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES})),
-            *("--", "python", RUN_SCRIPT, "--config", "smoke", "--no-mlflow"),
-            *(f"storage_path={results}", "grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"),
-        ],
-        cwd=tmp_path,
-        env=ray_cluster.env,
-        timeout=SWEEP_TIMEOUT_S,
+def _readme_job_submit() -> tuple[list[str], dict[str, str]]:
+    """The README's job-submit command (its "What you can run" row) and the variables its row says to export on a
+    token-auth cluster, as written there (the token path still a placeholder)."""
+    row = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("| `ray job"))
+    command = re.match(r"\| `([^`]+)`", row).group(1)
+    exports = re.search(r"`export ([^`]+)`", row).group(1)
+    return command.split(), dict(re.findall(r"(\w+)=(<[^>]*>|\S+)", exports))
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """A copy of this checkout's files as a fresh clone has them (tracked, and untracked but not ignored)."""
+    listed = run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, env=dict(os.environ), timeout=60
     )
+    checkout = tmp_path / "checkout"
+    for name in filter(None, listed.stdout.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file() and not source.is_symlink():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkout / name)
+    return checkout
+
+
+def test_the_readme_job_submit_line_runs_the_sweep_and_keeps_its_results(ray_cluster, tmp_path):
+    """The README's ``ray job submit --working-dir . -- python sweep/run.py --config smoke``, run from a clone on a
+    token-auth cluster with the exports its row names: the job's driver runs in Ray's temporary copy of the working
+    dir, so the default relative ``storage_path`` and MLflow store go to the cluster's home directory, and the
+    closing lines print them absolute."""
+    command, exports = _readme_job_submit()
+    assert command[:3] == ["ray", "job", "submit"] and exports.keys() == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"}
+    auth = {key: ray_cluster.env[key] if value.startswith("<") else value for key, value in exports.items()}
+    client = {k: v for k, v in ray_cluster.env.items() if k not in auth} | {"RAY_ADDRESS": ray_cluster.dashboard_url}
+    fast = ["grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"]
+    checkout = _checkout(tmp_path)
+    refused = run([str(BIN_DIR / "ray"), *command[1:], *fast], cwd=checkout, env=client, timeout=SWEEP_TIMEOUT_S)
+    assert refused.returncode != 0  # without the exports the job CLI cannot talk to a token-auth cluster
+    submit = run([str(BIN_DIR / "ray"), *command[1:], *fast], cwd=checkout, env=client | auth, timeout=SWEEP_TIMEOUT_S)
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-5000:]
-    assert f"Job '{submission_id}' succeeded" in output
+    submission_id = re.search(r"Job '(raysubmit_\w+)' succeeded", output).group(1)
     assert re.search(r"trials: 1 \(1 (stable|stalled|collapsed)\)", output), output[-3000:]
     status = run(
-        [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
+        [str(BIN_DIR / "ray"), "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
         cwd=tmp_path,
         env=ray_cluster.env,
         timeout=120,
     )
     assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
-    trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
+
+    home = ray_cluster.home.resolve()
+    results, database = home / "sweep_results" / "smoke", home / "mlflow.db"
+    assert f"results go under the home directory instead (storage_path={home / 'sweep_results'}, " in output
+    assert f"stability map: {results / 'map'} (claims: {results / 'map' / 'claims.md'})" in output
+    assert f"MLflow: sqlite:///{database} (parent run " in output
+    trials = pd.read_csv(results / "map" / "trials.csv")
     assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
     assert list(trials["steps"]) == [2]
-    assert (results / "smoke" / "map" / "stability_overview.png").is_file()
+    assert (results / "map" / "stability_overview.png").is_file() and (results / "map" / "claims.md").is_file()
+    runs = MlflowClient(f"sqlite:///{database}").search_runs(
+        [MlflowClient(f"sqlite:///{database}").get_experiment_by_name("dlrml-sweep").experiment_id]
+    )
+    assert {r.data.tags.get(ROLE_TAG) for r in runs} == {"sweep", "trial"} and len(runs) == 2
+    assert not list(checkout.rglob("mlflow.db")) and not list(checkout.rglob("sweep_results"))
 
 
 PROBE = """

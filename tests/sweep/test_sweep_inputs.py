@@ -1,12 +1,14 @@
 """What the driver's input phase decides before any cluster work (no Ray): an evaluation the config asks for gets the
-saved policies it needs, and a held-out set too small for any verdict but ``stalled`` is refused (too small for a
-usable one, warned about), both with ``--dry-run`` too."""
+saved policies it needs, a held-out set too small for any verdict but ``stalled`` is refused (too small for a usable
+one, warned about), both with ``--dry-run`` too, and a Ray job's outputs are kept out of Ray's temporary copy of its
+working dir."""
 
 from __future__ import annotations
 
 import pytest
 
 from sweep import run
+from sweep.cluster.job_dir import job_working_dir, outside_job_dir
 from sweep.config import load_sweep_config
 from sweep.driver.inputs import LEARNING_THRESHOLD_WARNING, check_held_out_size, with_policies_saved
 from sweep.errors import SweepInputError
@@ -73,3 +75,26 @@ def test_dry_run_refuses_held_out_pairs_that_truncation_leaves_too_few(capsys, t
     assert "Use at least 5 held-out pairs" in err
     assert run.main(argv) == run.EXIT_OK  # all 16 kept at the smoke config's max_length: no warning either
     assert "warning" not in capsys.readouterr().err
+
+
+def test_outputs_of_a_ray_job_go_under_the_home_directory_not_rays_temporary_copy(tmp_path):
+    """A job's driver runs in ``<session>/runtime_resources/working_dir_files/_ray_pkg_<hash>``: its relative output
+    paths resolve against the home directory; absolute ones, URLs and remote storage stay where the user put them."""
+    package = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    (package / "sweep").mkdir(parents=True)
+    home = tmp_path / "home"
+    config, line = outside_job_dir(load_sweep_config("smoke", ["output_dir=maps/smoke"]), cwd=package, home=home)
+    assert (config.storage_path, config.output_dir) == (str(home / "sweep_results"), str(home / "maps" / "smoke"))
+    assert config.mlflow.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert str(package) in line and f"storage_path={home / 'sweep_results'}" in line
+    assert job_working_dir(package / "sweep") == package  # from a subdirectory of the copy too
+
+    chosen = ["storage_path=/mnt/cluster_storage/x", "mlflow.tracking_uri=http://head:5000"]
+    assert outside_job_dir(load_sweep_config("smoke", chosen), cwd=package, home=home)[1] is None
+    relative_db = load_sweep_config("smoke", ["storage_path=s3://bucket/x", "mlflow.tracking_uri=sqlite:///db/m.db"])
+    moved, _ = outside_job_dir(relative_db, cwd=package, home=home)
+    assert (moved.storage_path, moved.mlflow.tracking_uri) == ("s3://bucket/x", f"sqlite:///{home / 'db' / 'm.db'}")
+    untracked, _ = outside_job_dir(load_sweep_config("smoke", ["mlflow.enabled=false"]), cwd=package, home=home)
+    assert untracked.mlflow.tracking_uri is None
+    outside = load_sweep_config("smoke")
+    assert outside_job_dir(outside, cwd=tmp_path, home=home) == (outside, None)  # a local run: nothing moves
