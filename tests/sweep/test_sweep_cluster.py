@@ -244,14 +244,14 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
             assert sweep.poll() is None, f"the sweep ended before its worker was killed twice:\n{log.read_text()}"
             if time.monotonic() > deadline:
                 pytest.fail(f"no worker to kill:\n{log.read_text()[-3000:]}\n{ray_cluster.diagnostics()}")
-            for workers in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
-                if victim not in (None, workers.parent.name):
+            for worker_log in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
+                if victim not in (None, worker_log.parent.name):
                     continue
-                lines = [json.loads(line) for line in workers.read_text().splitlines() if line.strip()]
+                lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.strip()]
                 pids = [line["pid"] for line in lines if line["rank"] == 0 and line["pid"] not in killed]
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
-                    victim = workers.parent.name
+                    victim = worker_log.parent.name
                     killed.append(pids[0])
             time.sleep(0.1)
         try:
