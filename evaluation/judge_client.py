@@ -61,6 +61,17 @@ def _is_retryable(err: Exception) -> bool:
     return False
 
 
+def _error_text(err: openai.APIStatusError) -> str:
+    """The server's own words for an error status: its JSON ``error.message`` or the start of its body."""
+    body = err.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+        if message:
+            return str(message)[:300]
+    return (err.response.text.strip() or err.response.reason_phrase)[:300]
+
+
 def _retry_after_s(err: Exception) -> float | None:
     response = getattr(err, "response", None)
     value = response.headers.get("retry-after") if response is not None else None
@@ -215,6 +226,43 @@ class OpenAIJudge(Judge):
             if not response.choices:
                 raise JudgeError(f"judge {self.name!r} returned a completion without choices")
             return response
+
+    def probe(self, **params):
+        """One cheap round trip before any real work, without retries: ``GET /models``, then a 1-token greedy chat
+        completion of the judge model with extra request ``params`` (e.g. ``logprobs``).
+
+        Returns:
+            The ``ChatCompletion``.
+
+        Raises:
+            JudgeError: The endpoint answered either request with an error (naming the request, the HTTP status and
+                the endpoint), could not be reached, or returned no choice.
+        """
+        client = self._client.with_options(max_retries=0)
+        endpoint = str(client.base_url).rstrip("/")
+        messages = [{"role": "user", "content": "Reply with OK."}]
+        requests = (
+            ("GET /models", client.models.list),
+            (
+                f"a 1-token chat completion of {self.name!r}",
+                lambda: client.chat.completions.create(
+                    model=self.name, messages=messages, n=1, temperature=0, max_tokens=1, **params
+                ),
+            ),
+        )
+        response = None
+        for what, send in requests:
+            try:
+                response = send()
+            except openai.APIStatusError as err:
+                raise JudgeError(
+                    f"the judge endpoint {endpoint} answered {what} with HTTP {err.status_code}: {_error_text(err)}"
+                ) from None
+            except openai.APIConnectionError as err:  # includes APITimeoutError
+                raise JudgeError(f"the judge endpoint {endpoint} is not reachable ({what}: {err})") from None
+        if not response.choices:
+            raise JudgeError(f"the judge endpoint {endpoint} returned a chat completion without choices")
+        return response
 
     def _wait_before_retry(self, err: Exception, attempt: int) -> None:
         delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)

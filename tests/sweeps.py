@@ -7,6 +7,7 @@ suite's two processes (pytest-xdist, one file at a time) share them out.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -27,20 +28,6 @@ RUN_SCRIPT = "sweep/run.py"
 RAY_STARTED = "Started a local Ray instance"
 
 SWEEP_TIMEOUT_S = 540
-UPLOAD_EXCLUDES = [
-    ".git",
-    ".venv",
-    "venv",
-    "sweep_results",
-    "ray_results",
-    "mlruns",
-    "mlartifacts",
-    "mlflow.db",
-    "outputs",
-    "**/__pycache__",
-]
-"""Never uploaded with a job's working directory (``.gitignore`` is honoured too)."""
-
 
 STABLE_BETA, DIVERGENT_BETA = 0.1, 500.0
 
@@ -65,6 +52,11 @@ class RayCluster:
     dashboard_url: str
     env: dict[str, str]
     temp_dir: Path
+
+    @property
+    def home(self) -> Path:
+        """The home directory of every process of the cluster (a job's driver included)."""
+        return Path(self.env["HOME"])
 
     def diagnostics(self) -> str:
         """Where a trial waits, for a test's failure message: ``ray status`` (resources in use, pending placement
@@ -96,8 +88,12 @@ def start_ray_head() -> Iterator[RayCluster]:
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    # Token authentication on for the cluster and for every client (the job CLI, the job's driver).
-    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    home = tmp / "home"  # the cluster's own home directory: a job writes its results there (sweep/cluster/job_dir.py)
+    home.mkdir()
+    # Token authentication on for the cluster and for every client (the job CLI, the job's driver). The caches stay
+    # the machine's (models, tokenizers, matplotlib's font list), as they would on a real head node.
+    caches = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    env = make_env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), HOME=str(home), XDG_CACHE_HOME=caches)
     gcs_port, dashboard_port, *ports = (free_port() for _ in range(7))
     log = tmp / "ray-start.log"
     with log.open("w") as out:

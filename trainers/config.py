@@ -146,7 +146,9 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, help="Trade compute for activation memory.")
     deepspeed: str | None = option(None, help="Path to a DeepSpeed JSON config (multi-GPU trials), or ``null``.")
     output_dir: str = option("outputs/trial", nonempty=True, help="Where the trial writes its final model and metrics.")
-    save_model: bool = option(True, help="Save the final policy (needed for MT-Bench).")
+    save_model: bool = option(
+        True, help="Save the final policy (a sweep that scores trials with MT-Bench or AlpacaEval turns it on)."
+    )
     divergence: DivergenceConfig = option(DivergenceConfig(), help="Thresholds of the divergence monitor.")
     verdicts: VerdictConfig = option(
         VerdictConfig(), help="Thresholds of the stalled / collapsed verdicts of a trial that trained to the end."

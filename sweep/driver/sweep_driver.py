@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,18 @@ import pandas as pd
 
 from sweep.claims.report import write_claims
 from sweep.cluster.connect import init_ray
+from sweep.cluster.job_dir import outside_job_dir
 from sweep.cluster.reference_pass import reference_in_driver, shared_reference
 from sweep.cluster.storage import check_shared_storage
 from sweep.columns import AlpacaColumn, MTBenchColumn
 from sweep.config import SweepConfig, to_dict
-from sweep.driver.inputs import CONFIG_FILE, SweepInputs, load_inputs, resumes_existing_sweep
+from sweep.driver.inputs import (
+    CONFIG_FILE,
+    SweepInputs,
+    load_inputs,
+    resumes_existing_sweep,
+    with_policies_saved,
+)
 from sweep.driver.outcome import SweepOutcome, collect_trials
 from sweep.driver.tuner import TunerPlan, build_tuner, max_concurrent
 from sweep.errors import SweepOutputError
@@ -47,10 +55,10 @@ class SweepDriver:
     """
 
     def __init__(self, config: SweepConfig, *, resume: bool = False, address: str | None = None) -> None:
-        self.config = config
+        self.config, self.moved = outside_job_dir(config)
         self.resume = resume
         self.address = address
-        self.storage_path = str(Path(config.storage_path).expanduser().resolve())
+        self.storage_path = str(Path(self.config.storage_path).expanduser().resolve())
         self.inputs: SweepInputs | None = None
 
     def validate_inputs(self) -> None:
@@ -59,8 +67,14 @@ class SweepDriver:
         Raises:
             SweepInputError: Naming what is wrong.
         """
+        self.config, saving = with_policies_saved(self.config)
+        for line in (self.moved, saving):
+            if line:
+                print(f"[sweep] {line}")
         self.resume = resumes_existing_sweep(self.config, self.storage_path, self.resume)
         self.inputs = load_inputs(self.config, self.address)
+        for warning in self.inputs.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
     def total_steps(self) -> int:
         """Optimizer steps one trial runs (ASHA's ``max_t``)."""
@@ -158,14 +172,15 @@ class SweepDriver:
             SweepOutputError: A file could not be written (Tune's experiment state keeps every result).
         """
         config = self.config
+        map_dir = config.map_dir().expanduser().resolve()  # the closing lines print where it is, absolute
         try:
             stability = write_stability_map(
                 trials.drop(columns=[MTBenchColumn.JUDGMENTS, AlpacaColumn.ANNOTATIONS]),
-                config.map_dir(),
+                map_dir,
                 lattices=lattices(config.grid) if config.search == "adaptive" else None,
             )
             claims = write_claims(
-                stability.trials, config.map_dir(), sweep_name=config.name, question_scores=question_scores(trials)
+                stability.trials, map_dir, sweep_name=config.name, question_scores=question_scores(trials)
             )
             mlflow_pending = finish_tracker(tracker, trials, stability, claims) if tracker is not None else 0
         except OSError as err:

@@ -90,7 +90,7 @@ def build_tuner(config: SweepConfig, plan: TunerPlan):
     """
     from ray import tune
 
-    from sweep.search.snapshot import align_grid_searcher
+    from sweep.search.snapshot import align_snapshot
     from sweep.trials.trainable import trial_resources, tune_trial
 
     trainable = tune.with_resources(tune_trial, trial_resources(config.resources, config.train.deepspeed))
@@ -111,8 +111,8 @@ def build_tuner(config: SweepConfig, plan: TunerPlan):
                 "it, or --name to start a new one"
             )
         print(f"[sweep] resuming {config.name} from {plan.experiment_dir}")
-        if config.search == "grid" and (alignment := align_grid_searcher(plan.experiment_dir)):
-            print(f"[sweep] {alignment.describe()}")
+        for line in align_snapshot(plan.experiment_dir, config):
+            print(f"[sweep] {line}")
         return tune.Tuner.restore(
             str(plan.experiment_dir), trainable=trainable, param_space=param_space, resume_errored=True
         )

@@ -1,5 +1,5 @@
 """Checks, before any trial starts, that both benchmarks share: the generation backend is installed where it runs,
-and a configured judge endpoint answers.
+and a configured judge endpoint answers a real request.
 
 A sweep trains for hours before MT-Bench (:mod:`sweep.scoring.mt_bench.preflight`) or AlpacaEval
 (:mod:`sweep.scoring.alpaca_eval.preflight`) runs; a missing judge key, an unreachable judge endpoint, a missing
@@ -9,15 +9,10 @@ is a :class:`sweep.errors.SweepInputError` naming the config field to change.
 
 from __future__ import annotations
 
-import socket
-from urllib.parse import urlparse
-
 from evaluation.generation.vllm import VLLMUnavailableError, require_vllm
+from evaluation.judge_client import JudgeError, OpenAIJudge
 from sweep.config import SweepConfig
 from sweep.errors import SweepInputError
-
-REACHABLE_TIMEOUT_S = 5.0
-"""How long the preflight waits for a TCP connection to a configured judge endpoint."""
 
 
 def check_generation_backends(config: SweepConfig, *, local: bool) -> None:
@@ -86,13 +81,25 @@ def check_vllm_on_gpu_nodes(config: SweepConfig) -> int:
     return len(nodes)
 
 
-def check_reachable(base_url: str | None, field: str) -> None:
-    """A configured judge endpoint must accept a TCP connection (None, api.openai.com, is not probed)."""
-    if base_url is None:
-        return
-    url = urlparse(base_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
+def check_judge(judge: OpenAIJudge, field: str, **params):
+    """A configured judge endpoint must answer one real, cheap request: ``GET /models`` and a 1-token chat completion
+    of the judge model (:meth:`evaluation.judge_client.OpenAIJudge.probe`, no retries), also at api.openai.com when no
+    ``judge_base_url`` is set; the judge is closed afterwards.
+
+    Args:
+        judge: The judge the sweep will use after training.
+        field: The config field to name (``<section>.eval.judge_base_url``).
+        params: Extra parameters of the completion (AlpacaEval's ``logprobs``).
+
+    Returns:
+        The completion, for checks of what it holds.
+
+    Raises:
+        SweepInputError: The endpoint is unreachable or answered an error: naming the request, status and endpoint.
+    """
     try:
-        socket.create_connection((url.hostname, port), timeout=REACHABLE_TIMEOUT_S).close()
-    except OSError as err:
-        raise SweepInputError(f"{field}: {base_url} is not reachable ({err})") from None
+        return judge.probe(**params)
+    except JudgeError as err:
+        raise SweepInputError(f"{field}: {err}") from None
+    finally:
+        judge.close()

@@ -252,6 +252,24 @@ class AdaptivePlanner:
         self._pending.discard(spec)
         self.results.setdefault(spec.cell, []).append(TrialStatus(status))
 
+    def proposed(self, spec: TrialSpec) -> bool:
+        """Whether this trial was proposed (a cell's seeds are proposed in ``grid.seeds`` order)."""
+        return spec.seed in self.grid.seeds[: self._seeds_used.get(spec.cell, 0)]
+
+    def withdraw(self, spec: TrialSpec) -> None:
+        """Forget a pending proposal that will never run, so that it is proposed again: a resumed sweep's trial list
+        lacks it. Proposals lost that way are the latest ones, so a cell's highest seeds."""
+        self._pending.discard(spec)
+        self._seeds_used[spec.cell] -= 1
+        self.n_proposed -= 1
+
+    def adopt(self, spec: TrialSpec) -> None:
+        """Count as proposed and pending a trial that a later state of this planner proposed: a resumed sweep's trial
+        list holds it."""
+        self._pending.add(spec)
+        self._seeds_used[spec.cell] = max(self._seeds_used.get(spec.cell, 0), self.grid.seeds.index(spec.seed) + 1)
+        self.n_proposed += 1
+
     def _next_seed(self, cell: CellKey) -> TrialSpec:
         used = self._seeds_used.get(cell, 0)
         return TrialSpec(*cell, seed=self.grid.seeds[used])
@@ -348,3 +366,10 @@ class AdaptivePlanner:
     def grid_entry(self, spec: TrialSpec) -> dict[str, Any]:
         """The trial as one entry of :meth:`sweep.driver.SweepDriver.grid`: ``{"loss": fields, "seed": int}``."""
         return {"loss": dataclasses.asdict(self.loss_config(spec)), "seed": spec.seed}
+
+
+def spec_of(entry: dict[str, Any]) -> TrialSpec:
+    """The trial of one grid entry (``{"loss": LossConfig fields, "seed": int}``): the inverse of
+    :meth:`AdaptivePlanner.grid_entry`."""
+    loss = entry["loss"]
+    return TrialSpec(loss["name"], loss.get("form", "stable"), loss["beta_kl"], loss["beta_mix"], entry["seed"])

@@ -14,15 +14,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
+from sweep.trials.reports import read_reports
 from sweep.trials.rows import status_of_reports, trial_label, tune_trial_error
 from trainers.collapse import DivergenceConfig
 from trainers.protocol import HELD_OUT_ACCURACY, Metric, ReportKey, ReportType
 from trainers.verdicts import VerdictConfig
 
+RESTORED_FINISHED = frozenset({Trial.TERMINATED, Trial.ERROR})
+"""Tune statuses of a trial that has ended: one a resumed sweep restored so is never started again."""
 TABLE_COLUMNS = ("trial", "status", ReportKey.STEP.value, Metric.LOSS.value, Metric.GRAD_NORM.value, "held-out acc")
 """The status table's columns: what a user watches while a sweep runs."""
 
@@ -69,7 +74,25 @@ class TrialProgress(Callback):
         self._last_table = time.monotonic()
 
     def _row(self, trial) -> dict[str, Any]:
-        return self._rows.setdefault(trial.trial_id, {"trial": trial_label(trial.config["trial"]), "status": "pending"})
+        row = self._rows.get(trial.trial_id)
+        if row is None:
+            row = self._rows[trial.trial_id] = {"trial": trial_label(trial.config["trial"]), "status": "pending"}
+            if getattr(trial, "status", None) in RESTORED_FINISHED:
+                self._restored(trial, row)
+        return row
+
+    def _restored(self, trial, row: dict[str, Any]) -> None:
+        """A trial a resumed sweep restored as finished (this driver never starts it): its numbers and the status its
+        reports give, read from its ``result.json`` (its last result where that cannot be read)."""
+        reports = read_reports(trial.path) if trial.path and Path(trial.path).is_dir() else []
+        reports = reports or ([trial.last_result] if trial.last_result else [])
+        for result in reports:
+            self._note(row, result)
+        error = tune_trial_error(trial) if trial.status == Trial.ERROR else None
+        if reports or error is not None:
+            row["status"] = status_of_reports(reports, error, self.divergence, self.verdicts)[0].value
+        else:
+            row["status"] = "finished"
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         """A trial (or a retry of one) started: its reports so far no longer count."""
@@ -84,15 +107,21 @@ class TrialProgress(Callback):
             {k: v for k, v in result.items() if isinstance(v, int | float | None)}
         )
         row = self._row(trial)
+        if (accuracy := self._note(row, result)) is not None:
+            self.echo(f"[trial] {row['trial']}: step {result.get(ReportKey.STEP)}, held-out accuracy {accuracy:.3f}")
+
+    @staticmethod
+    def _note(row: dict[str, Any], result: Mapping[str, Any]) -> float | None:
+        """Put a report's numbers in the trial's row; returns its held-out accuracy if it is an evaluation."""
         kind = result.get(ReportKey.REPORT_TYPE)
         row[ReportKey.STEP.value] = result.get(ReportKey.STEP)
         if kind == ReportType.TRAIN:
             row[Metric.LOSS.value] = result.get(Metric.LOSS)
             row[Metric.GRAD_NORM.value] = result.get(Metric.GRAD_NORM)
         if kind == ReportType.EVAL:
-            accuracy = result.get(HELD_OUT_ACCURACY, math.nan)
-            row["held-out acc"] = accuracy
-            self.echo(f"[trial] {row['trial']}: step {result.get(ReportKey.STEP)}, held-out accuracy {accuracy:.3f}")
+            row["held-out acc"] = result.get(HELD_OUT_ACCURACY, math.nan)
+            return row["held-out acc"]
+        return None
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """The trial ended (finished, or stopped by a stopper or the scheduler): print its verdict."""

@@ -116,7 +116,8 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker loop of a multi-worker trial (a fresh process per trial: nothing to keep warm)."""
-    _log_worker(Path(config["train"]["output_dir"]), ray.train.get_context().get_world_rank())
+    group = ray.get_runtime_context().get_placement_group_id()
+    _log_worker(Path(config["train"]["output_dir"]), ray.train.get_context().get_world_rank(), group)
     train_and_report(config, ray.train.report, warm=False)
 
 
@@ -125,10 +126,13 @@ def _report(values: dict[str, float], step: int, kind: ReportType) -> dict[str, 
     return {**values, ReportKey.STEP.value: step, ReportKey.REPORT_TYPE.value: int(kind)}
 
 
-def _log_worker(output_dir: Path, rank: int) -> None:
-    """Append this worker process to the trial's :data:`WORKERS_LOG` (one short line, atomic on POSIX)."""
+def _log_worker(output_dir: Path, rank: int, placement_group: str | None = None) -> None:
+    """Append this worker process to the trial's :data:`WORKERS_LOG` (one short line, atomic on POSIX), with the
+    placement group of a Ray Train worker."""
     output_dir.mkdir(parents=True, exist_ok=True)
     line = {"rank": rank, "pid": os.getpid(), "node": socket.gethostname(), "started_at": time.time()}
+    if placement_group is not None:
+        line["placement_group"] = placement_group
     with (output_dir / WORKERS_LOG).open("a") as log:
         log.write(json.dumps(line) + "\n")
 
@@ -140,6 +144,38 @@ def trial_attempts(output_dir: Path) -> int:
         return 0
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return sum(line["rank"] == 0 for line in lines)
+
+
+def release_worker_placement_groups(output_dir: Path) -> list[str]:
+    """Remove the placement groups that the trial's Ray Train workers ran in (its :data:`WORKERS_LOG`) and that are
+    still there; call it once the trial's ``TorchTrainer.fit`` has returned, when nothing uses them any more.
+
+    A Train run removes its worker group's placement group as its controller shuts down, and a detached cleaner
+    removes it if the controller dies first. After a worker is killed, Ray 2.60 can lose it between the two: the
+    controller stops the cleaner, the controller's handle is released mid-shutdown, the controller is force-killed
+    30 s later, and the group holds its CPUs (GPUs) until the sweep ends, so the next trial waits for them past its
+    placement patience (BENCHMARKS.md section 7).
+
+    Returns:
+        The ids of the groups removed here.
+    """
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    path = output_dir / WORKERS_LOG
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    removed = []
+    for group_id in sorted({line["placement_group"] for line in lines if line.get("placement_group")}):
+        group = PlacementGroup(PlacementGroupID.from_hex(group_id))
+        if placement_group_table(group).get("state", "REMOVED") == "REMOVED":
+            continue
+        try:
+            remove_placement_group(group)
+        except Exception as err:  # noqa: BLE001 - removed meanwhile, or the GCS busy: never mask the trial's result
+            print(f"[trial] placement group {group_id} left by Ray Train could not be removed: {err}", flush=True)
+            continue
+        removed.append(group_id)
+    return removed
 
 
 def trial_output_dir(storage_path: str, experiment: str, trial_id: str) -> Path:
@@ -225,4 +261,8 @@ def tune_trial(config: dict[str, Any]) -> None:
             failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=CONTROLLER_RETRIES),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if removed := release_worker_placement_groups(Path(train["output_dir"])):
+            print(f"[trial] removed placement group(s) {', '.join(removed)} that Ray Train left behind", flush=True)

@@ -3,6 +3,7 @@ process runs, without Ray."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -120,6 +121,29 @@ def test_status_table_shows_what_a_user_watches():
     assert rows[0] == ["trial", "status", "step", "loss", "grad_norm", "held-out", "acc"]
     assert rows[1][-5:] == ["running", "2", "0.6123", "3.5", "0.625"]
     assert rows[2][-5:] == ["pending", "-", "-", "-", "-"]
+
+
+def test_status_table_shows_trials_a_resume_restored_as_finished_with_their_status(tmp_path):
+    """A resumed sweep never starts a trial that had finished before the kill (Tune restores it ``TERMINATED``): the
+    table shows the status its reports in result.json give, and its numbers, not ``pending``; an errored one says
+    errored."""
+    lines: list[str] = []
+    progress = _progress(lines, table_every_s=1e-9)
+    reports = (*_learned(0.875, 0.875)[:-1], _train(3, 0.4, 2.5), _eval(3, 0.875), _final(3, 0.875))
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reports))
+    done = _trial("t6")
+    done.status, done.path, done.last_result = "TERMINATED", str(tmp_path / "done"), reports[-1]
+    failed = _trial("t7", "dpo", error="worker died")
+    failed.status, failed.path, failed.last_result = "ERROR", str(tmp_path / "never-reported"), {}
+    waiting = _trial("t8", "dpo")
+    waiting.status = "PENDING"
+    progress.on_step_end(0, [done, failed, waiting])
+    header, table = lines[-1].split("\n", 1)
+    assert header == "[sweep] trials: 1 stable, 1 errored, 1 pending"
+    rows = [line.split() for line in table.splitlines()]
+    assert rows[1][-5:] == ["stable", "3", "0.4", "2.5", "0.875"]
+    assert rows[2][-5:] == ["errored", "-", "-", "-", "-"] and rows[3][-5:] == ["pending", "-", "-", "-", "-"]
 
 
 def test_status_table_aligns_columns():

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,7 +33,6 @@ from tests.sweeps import (
     REPO_ROOT,
     RUN_SCRIPT,
     SWEEP_TIMEOUT_S,
-    UPLOAD_EXCLUDES,
     run_sweep,
     start_ray_head,
     superseded,
@@ -62,36 +63,69 @@ def test_more_gpus_per_trial_than_the_cluster_has_fails_before_any_trial(ray_clu
     assert not (results / "smoke").exists()
 
 
-def test_job_submit_runs_the_sweep_on_the_cluster(ray_cluster, tmp_path):
-    results = tmp_path / "results"  # absolute: the job's working directory is the uploaded package
-    submission_id = f"dlrml-test-{uuid.uuid4().hex[:8]}"
-    ray = str(BIN_DIR / "ray")
-    submit = run(
-        [
-            *(ray, "job", "submit", "--address", ray_cluster.dashboard_url, "--submission-id", submission_id),
-            *("--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES})),
-            *("--", "python", RUN_SCRIPT, "--config", "smoke", "--no-mlflow"),
-            *(f"storage_path={results}", "grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"),
-        ],
-        cwd=tmp_path,
-        env=ray_cluster.env,
-        timeout=SWEEP_TIMEOUT_S,
+def _readme_job_submit() -> tuple[list[str], dict[str, str]]:
+    """The README's job-submit command (its "What you can run" row) and the variables its row says to export on a
+    token-auth cluster, as written there (the token path still a placeholder)."""
+    row = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("| `ray job"))
+    command = re.match(r"\| `([^`]+)`", row).group(1)
+    exports = re.search(r"`export ([^`]+)`", row).group(1)
+    return command.split(), dict(re.findall(r"(\w+)=(<[^>]*>|\S+)", exports))
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """A copy of this checkout's files as a fresh clone has them (tracked, and untracked but not ignored)."""
+    listed = run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, env=dict(os.environ), timeout=60
     )
+    checkout = tmp_path / "checkout"
+    for name in filter(None, listed.stdout.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file() and not source.is_symlink():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkout / name)
+    return checkout
+
+
+def test_the_readme_job_submit_line_runs_the_sweep_and_keeps_its_results(ray_cluster, tmp_path):
+    """The README's ``ray job submit --working-dir . -- python sweep/run.py --config smoke``, run from a clone on a
+    token-auth cluster with the exports its row names: the job's driver runs in Ray's temporary copy of the working
+    dir, so the default relative ``storage_path`` and MLflow store go to the cluster's home directory, and the
+    closing lines print them absolute."""
+    command, exports = _readme_job_submit()
+    assert command[:3] == ["ray", "job", "submit"] and exports.keys() == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"}
+    auth = {key: ray_cluster.env[key] if value.startswith("<") else value for key, value in exports.items()}
+    client = {k: v for k, v in ray_cluster.env.items() if k not in auth} | {"RAY_ADDRESS": ray_cluster.dashboard_url}
+    fast = ["grid.losses=[dpo]", "grid.beta_mix=[]", "train.max_steps=2"]
+    checkout = _checkout(tmp_path)
+    refused = run([str(BIN_DIR / "ray"), *command[1:], *fast], cwd=checkout, env=client, timeout=SWEEP_TIMEOUT_S)
+    assert refused.returncode != 0  # without the exports the job CLI cannot talk to a token-auth cluster
+    submit = run([str(BIN_DIR / "ray"), *command[1:], *fast], cwd=checkout, env=client | auth, timeout=SWEEP_TIMEOUT_S)
     output = submit.stdout + submit.stderr
     assert submit.returncode == 0, output[-5000:]
-    assert f"Job '{submission_id}' succeeded" in output
+    submission_id = re.search(r"Job '(raysubmit_\w+)' succeeded", output).group(1)
     assert re.search(r"trials: 1 \(1 (stable|stalled|collapsed)\)", output), output[-3000:]
     status = run(
-        [ray, "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
+        [str(BIN_DIR / "ray"), "job", "status", "--address", ray_cluster.dashboard_url, submission_id],
         cwd=tmp_path,
         env=ray_cluster.env,
         timeout=120,
     )
     assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr
-    trials = pd.read_csv(results / "smoke" / "map" / "trials.csv")
+
+    home = ray_cluster.home.resolve()
+    results, database = home / "sweep_results" / "smoke", home / "mlflow.db"
+    assert f"results go under the home directory instead (storage_path={home / 'sweep_results'}, " in output
+    assert f"stability map: {results / 'map'} (claims: {results / 'map' / 'claims.md'})" in output
+    assert f"MLflow: sqlite:///{database} (parent run " in output
+    trials = pd.read_csv(results / "map" / "trials.csv")
     assert TrialStatus(trials["status"].iloc[0]).trained_to_end and len(trials) == 1
     assert list(trials["steps"]) == [2]
-    assert (results / "smoke" / "map" / "stability_overview.png").is_file()
+    assert (results / "map" / "stability_overview.png").is_file() and (results / "map" / "claims.md").is_file()
+    runs = MlflowClient(f"sqlite:///{database}").search_runs(
+        [MlflowClient(f"sqlite:///{database}").get_experiment_by_name("dlrml-sweep").experiment_id]
+    )
+    assert {r.data.tags.get(ROLE_TAG) for r in runs} == {"sweep", "trial"} and len(runs) == 2
+    assert not list(checkout.rglob("mlflow.db")) and not list(checkout.rglob("sweep_results"))
 
 
 PROBE = """
@@ -143,6 +177,44 @@ def test_a_detached_actor_of_a_sweep_that_joined_a_cluster_finds_it_beside_anoth
     assert found is True
 
 
+LEFT_BEHIND = """
+import json, sys
+from pathlib import Path
+import ray
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from sweep.cluster.connect import init_ray
+from sweep.trials.trainable import WORKERS_LOG, release_worker_placement_groups
+
+init_ray(sys.argv[1])
+trial_dir = Path(sys.argv[2])
+gone = placement_group([{"CPU": 1}])
+ray.get(gone.ready())
+remove_placement_group(gone)
+held = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")  # the cluster's 2 CPUs
+ray.get(held.ready())
+workers = [(0, held), (1, held), (0, gone)]
+lines = [{"rank": rank, "pid": 0, "placement_group": group.id.hex()} for rank, group in workers]
+(trial_dir / WORKERS_LOG).write_text("".join(json.dumps(line) + "\\n" for line in [*lines, {"rank": 0, "pid": 0}]))
+removed = release_worker_placement_groups(trial_dir)
+again = release_worker_placement_groups(trial_dir)
+print(json.dumps([removed, held.id.hex(), placement_group_table(held)["state"], again]))
+"""
+
+
+def test_placement_groups_a_trials_workers_ran_in_are_removed_once_it_ended(ray_cluster, tmp_path):
+    """What a multi-worker trial does after its TorchTrainer returned (sweep.trials.trainable): the group its workers
+    logged that is still there (both CPUs of the cluster) is removed, one already removed is left alone."""
+    done = run(
+        [sys.executable, "-c", LEFT_BEHIND, ray_cluster.gcs_address, str(tmp_path)],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    removed, held, state, again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (removed, state, again) == ([held], "REMOVED", [])
+
+
 @pytest.mark.parametrize(
     "workers",
     # Ray Train's own placement patience (60 s) on this fixed local cluster: a worker group that cannot get its CPUs
@@ -172,17 +244,21 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
             assert sweep.poll() is None, f"the sweep ended before its worker was killed twice:\n{log.read_text()}"
             if time.monotonic() > deadline:
                 pytest.fail(f"no worker to kill:\n{log.read_text()[-3000:]}\n{ray_cluster.diagnostics()}")
-            for workers in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
-                if victim not in (None, workers.parent.name):
+            for worker_log in (results / name / "trials").glob(f"*/{WORKERS_LOG}"):
+                if victim not in (None, worker_log.parent.name):
                     continue
-                lines = [json.loads(line) for line in workers.read_text().splitlines() if line.strip()]
+                lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.strip()]
                 pids = [line["pid"] for line in lines if line["rank"] == 0 and line["pid"] not in killed]
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
-                    victim = workers.parent.name
+                    victim = worker_log.parent.name
                     killed.append(pids[0])
             time.sleep(0.1)
-        assert sweep.wait(timeout=SWEEP_TIMEOUT_S) == 0, log.read_text()[-5000:]
+        try:
+            code = sweep.wait(timeout=SWEEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sweep still runs:\n{log.read_text()[-3000:]}\n{ray_cluster.diagnostics()}")
+        assert code == 0, log.read_text()[-5000:]
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -190,6 +266,9 @@ def test_killed_trial_worker_is_retried_then_errored_while_others_carry_on(ray_c
 
     trials = pd.read_csv(results / name / "map" / "trials.csv").set_index("trial_id")
     assert len(trials) == 2
+    logged = [json.loads(line) for line in (results / name / "trials" / victim / WORKERS_LOG).read_text().splitlines()]
+    # A Ray Train worker logs its placement group, which the trial removes if Ray Train left it (BENCHMARKS.md 7).
+    assert all(bool(line.get("placement_group")) == bool(workers) for line in logged)
     errored = trials.loc[victim]
     assert (errored["status"], errored["attempts"]) == ("errored", 2)
     assert "worker process has died" in errored["reason"]  # the error Ray gave for the SIGKILLed actor

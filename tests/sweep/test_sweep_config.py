@@ -495,7 +495,17 @@ def test_dry_run_on_hh_rlhf_says_what_truncation_drops_and_refuses_too_few_pairs
     sample = shared_dir / "data" / "hh_rlhf_harmless_test_300.jsonl"
     if not sample.is_file():
         pytest.skip(f"no HH-RLHF sample at {sample}")
-    common = ("--config", "smoke", "--no-mlflow", f"train.data={sample}", "train.on_bad_rows=drop", "--dry-run")
+    # Two held-out pairs survive max_length=64: a stall_z that lets them decide (the held-out check is another test's).
+    stall_z = "train.verdicts.stall_z=0.5"
+    common = (
+        "--config",
+        "smoke",
+        "--no-mlflow",
+        f"train.data={sample}",
+        "train.on_bad_rows=drop",
+        stall_z,
+        "--dry-run",
+    )
     proc = run_cli(*common, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     summary = [line for line in out.splitlines() if line.startswith("data: ")]

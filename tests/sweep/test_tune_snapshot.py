@@ -10,15 +10,21 @@ aligned, the resumed sweep runs the three missing entries.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
 import ray.cloudpickle as cloudpickle
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sweep.search.snapshot import GRID_SEARCHER_GLOB, TRIAL_LIST_GLOB, align_grid_searcher
-from tests.procs import make_env, run
+from sweep.search.snapshot import GRID_SEARCHER_GLOB, TRIAL_LIST_GLOB, align_grid_searcher, listed_trials
+from sweep.trials.reports import final_report, read_reports
+from tests.procs import MARK_VAR, end_marked, make_env, run
 
 GRID = [0, 1, 2, 3]
 SCRIPT = textwrap.dedent(
@@ -101,3 +107,102 @@ def test_a_cut_snapshot_is_aligned_and_the_resumed_grid_runs_every_entry(tmp_pat
     assert [trial_id for _, trial_id in results] == [trial_id for _, trial_id in ran]  # under the same trial ids
     assert last in {trial_id for _, trial_id in results}
     assert align_grid_searcher(experiment) is None  # the resumed sweep saved a consistent snapshot
+
+
+FINISHED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import ray
+    from ray import tune
+    from sweep.config import load_sweep_config
+    from sweep.search.searcher import AdaptiveSearcher
+    from sweep.search.snapshot import align_snapshot
+    from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType
+
+    storage, phase, overrides = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    config = load_sweep_config("smoke", overrides)
+    starts = storage / "starts.txt"
+
+    def trial(config):
+        with starts.open("a") as out:  # one line per start of a trial
+            out.write(tune.get_context().get_trial_id() + "\\n")
+        common = {ReportKey.STEP.value: 1, HELD_OUT_ACCURACY: 1.0}
+        tune.report({**common, ReportKey.REPORT_TYPE.value: int(ReportType.TRAIN), "loss": 0.6})
+        tune.report({**common, ReportKey.REPORT_TYPE.value: int(ReportType.EVAL)})
+        final = {ReportKey.FINAL.value: 1, ReportKey.EVAL_PAIRS.value: 32, "loss": 0.6}
+        tune.report({**common, ReportKey.REPORT_TYPE.value: int(ReportType.FINAL), **final})
+        if phase == "first" and len(starts.read_text().split()) == 3:
+            time.sleep(3600)  # the last trial has sent its final report; the driver is killed while it lingers
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    experiment = storage / "sweep"
+    if phase == "first":
+        if config.search == "adaptive":
+            searcher = AdaptiveSearcher(config)
+            samples = searcher.num_samples
+            tune_config = tune.TuneConfig(search_alg=searcher, num_samples=samples, max_concurrent_trials=1)
+            space = {}
+        else:
+            tune_config = tune.TuneConfig(max_concurrent_trials=1)
+            space = {"trial": tune.grid_search([{"seed": seed} for seed in config.grid.seeds])}
+        run_config = tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0)
+        tuner = tune.Tuner(trial, param_space=space, tune_config=tune_config, run_config=run_config)
+    else:
+        print(json.dumps({"aligned": align_snapshot(experiment, config)}))
+        tuner = tune.Tuner.restore(str(experiment), trainable=trial, resume_errored=True)
+    results = tuner.fit()
+    print(json.dumps(sorted([r.metrics["trial_id"], r.metrics.get("final")] for r in results)))
+    """
+)
+
+SEARCHES = {
+    "grid": ["grid.seeds=[0,1,2]"],
+    "adaptive": [
+        *("search=adaptive", "grid.losses=[dpo]", "grid.beta_kl=[0.01,0.1,1]", "grid.beta_mix=[]"),
+        *("grid.seeds=[0]", "scheduler.asha=false"),
+    ],
+}
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_a_trial_that_finished_before_the_kill_is_kept_though_listed_running(search, tmp_path, short_tmp):
+    """Three trials, one at a time; the third sends its final report and lingers, and the driver (with its Ray
+    instance) is SIGKILLed once Tune's snapshot lists that trial running. The resume keeps it (its final report is
+    in result.json): it is not started again, the searcher -- grid or adaptive, with Tune's concurrency limiter --
+    does not wait for it, and every trial ends with its final report."""
+    storage, env = tmp_path / "results", make_env(short_tmp)
+    storage.mkdir()
+    overrides = json.dumps(SEARCHES[search])
+    command = [sys.executable, "-c", FINISHED_SCRIPT, str(storage), "first", overrides]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
+    experiment, starts = storage / "sweep", storage / "starts.txt"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the snapshot never listed the last trial running"
+            started = starts.read_text().split() if starts.is_file() else []
+            if len(started) == 3 and listed_trials(experiment).get(started[2]) == "RUNNING":
+                trial_dir = next(experiment.glob(f"*{started[2]}*"), None)
+                if trial_dir is not None and final_report(read_reports(trial_dir)) is not None:
+                    break
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        end_marked(env[MARK_VAR], 0)
+        first.wait(timeout=60)
+        log.close()
+    last = started[2]
+
+    resumed = run(
+        [sys.executable, "-c", FINISHED_SCRIPT, str(storage), "resume", overrides], cwd=tmp_path, env=env, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = resumed.stdout.splitlines()
+    assert starts.read_text().split() == started  # nothing started again
+    assert json.loads(lines[-1]) == sorted([trial_id, 1] for trial_id in started)  # each with its final report
+    aligned = next(json.loads(line) for line in lines if line.startswith('{"aligned"'))["aligned"]
+    assert f"kept, not trained again ({last})" in aligned[0]
+    assert listed_trials(experiment) == dict.fromkeys(started, "TERMINATED")

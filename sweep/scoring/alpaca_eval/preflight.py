@@ -11,7 +11,7 @@ from evaluation.generation.hf import render_chat
 from evaluation.judge_client import JudgeError
 from sweep.config import SweepConfig
 from sweep.errors import SweepInputError
-from sweep.scoring.preflight import check_reachable
+from sweep.scoring.preflight import check_judge
 
 
 def check_alpaca_eval(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
@@ -23,8 +23,9 @@ def check_alpaca_eval(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | 
 
     Raises:
         SweepInputError: Instruction or baseline files unreadable or mismatched, the judge's API key unset, its
-            endpoint unreachable, or an instruction plus the generation budget beyond the policy's context (or, with
-            the local judge, a judge prompt holding two outputs of that budget beyond the judge's context).
+            endpoint unreachable or answering an error (or without log-probs), or an instruction plus the generation
+            budget beyond the policy's context (or, with the local judge, a judge prompt holding two outputs of that
+            budget beyond the judge's context).
     """
     if config.alpaca_eval.policy == "none":
         return
@@ -34,11 +35,7 @@ def check_alpaca_eval(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | 
     except (ValueError, FileNotFoundError, OSError) as err:
         raise SweepInputError(f"alpaca_eval.eval (instructions / baseline): {err}") from None
     if cfg.judge_backend == "openai":
-        try:
-            OpenAIPairJudge.from_config(cfg).close()
-        except JudgeError as err:
-            raise SweepInputError(f"alpaca_eval.eval.api_key_env: {err}") from None
-        check_reachable(cfg.judge_base_url, "alpaca_eval.eval.judge_base_url")
+        _check_openai_judge(cfg)
     from trainers.models import load_tokenizer
 
     tokenizer = tokenizer or load_tokenizer(config.train.model)
@@ -52,6 +49,22 @@ def check_alpaca_eval(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | 
             tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
         )
         _fits(cfg.resolved_judge_model, tokenizer, judge_prompt, 2 * cfg.max_new_tokens + 1, "the local judge's prompt")
+
+
+def _check_openai_judge(cfg) -> None:
+    """The key is set and the endpoint answers a 1-token completion with the log-probs the weighted judge reads."""
+    try:
+        judge = OpenAIPairJudge.from_config(cfg).judge
+    except JudgeError as err:
+        raise SweepInputError(f"alpaca_eval.eval.api_key_env: {err}") from None
+    field = "alpaca_eval.eval.judge_base_url"
+    response = check_judge(judge, field, logprobs=True, top_logprobs=cfg.top_logprobs)
+    logprobs = response.choices[0].logprobs
+    if not (getattr(logprobs, "content", None) if logprobs is not None else None):
+        raise SweepInputError(
+            f"{field}: the judge {cfg.resolved_judge_model!r} at {judge.base_url or 'api.openai.com'} returned no "
+            "log-probs on a chat completion; AlpacaEval's weighted judge needs logprobs/top_logprobs"
+        )
 
 
 def _fits(model: str, tokenizer: PreTrainedTokenizerBase, prompt: str, budget: int, what: str) -> None:

@@ -11,7 +11,7 @@ from evaluation.mt_bench.config import EvalConfig
 from evaluation.mt_bench.pipeline import MTBenchData, load_mt_bench_data
 from sweep.config import SweepConfig
 from sweep.errors import SweepInputError
-from sweep.scoring.preflight import check_reachable
+from sweep.scoring.preflight import check_judge
 
 
 def check_mt_bench(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
@@ -22,8 +22,8 @@ def check_mt_bench(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | Non
         tokenizer: The policy's tokenizer if the caller has it loaded already (else loaded here).
 
     Raises:
-        SweepInputError: Questions or judge files unreadable, the judge's API key unset, its endpoint unreachable,
-            or a question's prompt plus the generation budget beyond the policy model's context.
+        SweepInputError: Questions or judge files unreadable, the judge's API key unset, its endpoint unreachable or
+            answering an error, or a question's prompt plus the generation budget beyond the policy model's context.
     """
     if config.mt_bench.policy == "none":
         return
@@ -39,10 +39,10 @@ def check_mt_bench(config: SweepConfig, tokenizer: PreTrainedTokenizerBase | Non
 
 def _check_openai_judge(cfg: EvalConfig) -> None:
     try:
-        OpenAIJudge.from_config(cfg).close()
+        judge = OpenAIJudge.from_config(cfg)
     except JudgeError as err:
         raise SweepInputError(f"mt_bench.eval.api_key_env: {err}") from None
-    check_reachable(cfg.judge_base_url, "mt_bench.eval.judge_base_url")
+    check_judge(judge, "mt_bench.eval.judge_base_url")
 
 
 def _check_context(
