@@ -22,12 +22,15 @@ import pytest
 
 from sweep.tracking.runs import SUPERSEDED_TAG
 from tests.procs import BIN_DIR, MARK_VAR, Finished, free_port, make_env, run, stop_group, wait_http
+from trainers.protocol import TrialStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_SCRIPT = "sweep/run.py"
 RAY_STARTED = "Started a local Ray instance"
 
 SWEEP_TIMEOUT_S = 540
+# A regular-expression alternation of the statuses a trial that ran all its steps can end with.
+TRAINED_TO_END = "|".join(status.value for status in TrialStatus if status.trained_to_end)
 
 STABLE_BETA, DIVERGENT_BETA = 0.1, 500.0
 

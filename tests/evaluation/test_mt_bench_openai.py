@@ -70,8 +70,19 @@ class ScriptedChatServer:
             def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
                 pass
 
+            left = False
+
+            def _leave(self) -> None:
+                # A request stops counting as in flight before its answer is written: once the client has
+                # read the answer its worker may send the next request, possibly before this thread runs again.
+                if not self.left:
+                    self.left = True
+                    with server._lock:
+                        server.in_flight -= 1
+
             def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
+                self._leave()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -102,8 +113,7 @@ class ScriptedChatServer:
                         time.sleep(server.delay_s)
                         self._send(200, _completion(body["model"], server.reply(body)))
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    self._leave()
 
         return Handler
 

@@ -145,7 +145,7 @@ def test_the_parent_run_is_described_by_its_cells_and_claims_and_holds_the_confi
     parent = sweep.parent
     note = parent.data.tags[NOTE_TAG]
     assert "| loss | form | beta_kl | beta_mix | trials | failed | unstable | accuracy | verdict |" in note
-    assert "| claim | measured | verdict |" in note and "### Claims" in note
+    assert "| claim | tests | measured | verdict |" in note and "### Claims" in note
     assert parent.data.metrics == {}  # no cell/* metrics
     assert len(parent.data.params) <= PARENT_PARAMS_AT_MOST
     assert parent.data.params["losses"] == "dpo, dlrml" and parent.data.params["name"] == NAME

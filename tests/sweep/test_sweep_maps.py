@@ -27,7 +27,7 @@ def test_the_same_config_gives_the_same_map_whatever_the_concurrency(tmp_path, s
         proc = run_sweep(
             *("--config", "smoke", "--no-mlflow", f"storage_path={results}"),
             *("grid.losses=[dlrml]", f"grid.beta_kl=[{STABLE_BETA},{DIVERGENT_BETA}]", "grid.beta_mix=[0.2]"),
-            *("train.learning_rate=1e-3", "train.max_steps=3", "train.eval_steps=3", "mt_bench.policy=none"),
+            *("train.learning_rate=1e-3", "train.max_steps=3", "train.eval_steps=1", "mt_bench.policy=none"),
             f"resources.max_concurrent_trials={concurrency}",
             cwd=tmp_path,
             env=make_env(short_tmp / f"r{concurrency}"),
