@@ -80,7 +80,9 @@ class TrainConfig:
     data: str = option(
         "embedded",
         nonempty=True,
-        help="``embedded`` (bundled verifiable pairs), a local JSONL/JSON/Parquet file, or a hub dataset.",
+        help="``embedded`` (bundled verifiable pairs, answers of a few tokens), ``embedded-long`` (bundled verifiable "
+        "pairs with worked answers of 60-191 tokens; needs ``max_length`` >= 256), a local JSONL/JSON/Parquet file, "
+        "or a hub dataset.",
     )
     eval_data: str | None = option(
         None, help="Optional separate held-out source; otherwise the data's test split or a held-out fraction."

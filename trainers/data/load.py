@@ -27,16 +27,16 @@ def load_preference_data(
     """Load, validate and split preference pairs.
 
     Args:
-        source: :data:`EMBEDDED_DATA`, a ``.jsonl``/``.json``/``.parquet`` file, a local dataset folder or a
-            HuggingFace hub dataset name.
+        source: A bundled set (``"embedded"``, ``"embedded-long"``), a ``.jsonl``/``.json``/``.parquet`` file, a
+            local dataset folder or a HuggingFace hub dataset name.
         eval_fraction: Fraction of the training rows held out for evaluation when the source brings no eval
-            split of its own (no ``eval_source``, no hub ``test`` split, not the embedded set). Rows are held
+            split of its own (no ``eval_source``, no hub ``test`` split, not a bundled set). Rows are held
             out by whole prompt, so no held-out prompt is also trained on. In ``(0, 1)``.
         eval_source: Where the eval pairs come from instead (same kinds as ``source``; for a hub dataset its
             ``test`` split if it has one, else its ``split`` split).
         max_train_rows: Keep a seeded random subset of at most this many training rows (original order).
         max_eval_rows: Same for the eval rows.
-        seed: Seed of the eval carve-out and of the subsets; the embedded split does not depend on it.
+        seed: Seed of the eval carve-out and of the subsets; a bundled set's split does not depend on it.
         on_bad_rows: ``"error"`` raises on the first bad row; ``"drop"`` drops bad rows and counts them per
             reason in :attr:`PreferenceData.dropped`.
         split: Split of a hub dataset (or dataset folder) to train on, e.g. ``"train"`` or

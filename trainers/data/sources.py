@@ -18,6 +18,13 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainers.data.long_form import (
+    EMBEDDED_LONG_DATA,
+    EMBEDDED_LONG_EVAL_SIZE,
+    EMBEDDED_LONG_SEED,
+    EMBEDDED_LONG_TRAIN_SIZE,
+    generate_long_form_pairs,
+)
 from trainers.data.schema import PreferenceDataError, Reader, RowError
 from trainers.data.synthetic import (
     EMBEDDED_DATA,
@@ -30,12 +37,24 @@ from trainers.data.synthetic import (
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 """File types read as local preference files."""
 
+_BUNDLED = {
+    EMBEDDED_DATA: (generate_verifiable_pairs, EMBEDDED_TRAIN_SIZE, EMBEDDED_EVAL_SIZE, EMBEDDED_SEED),
+    EMBEDDED_LONG_DATA: (
+        generate_long_form_pairs,
+        EMBEDDED_LONG_TRAIN_SIZE,
+        EMBEDDED_LONG_EVAL_SIZE,
+        EMBEDDED_LONG_SEED,
+    ),
+}
+"""The bundled sets by source name: (generator, train pairs, held-out pairs, generator seed)."""
+
 
 def open_source(source: str, *, split: str, for_eval: bool) -> tuple[Reader, Reader | None]:
     """Resolve ``source`` and return its (train or eval) reader and, if it has one, its own eval reader.
 
     Args:
-        source: :data:`~trainers.data.synthetic.EMBEDDED_DATA`, a local file or dataset folder, or a hub name.
+        source: A bundled set (:data:`~trainers.data.synthetic.EMBEDDED_DATA`,
+            :data:`~trainers.data.long_form.EMBEDDED_LONG_DATA`), a local file or dataset folder, or a hub name.
         split: Split of a hub dataset (or dataset folder) to read.
         for_eval: Whether ``source`` is an ``eval_source``: the bundled set then yields its held-out pairs and a
             hub dataset its ``test`` split if it has one.
@@ -46,10 +65,11 @@ def open_source(source: str, *, split: str, for_eval: bool) -> tuple[Reader, Rea
     Raises:
         PreferenceDataError: An unknown, missing or unreadable source, or an unsupported file type.
     """
-    if source == EMBEDDED_DATA:
-        pairs = generate_verifiable_pairs(EMBEDDED_TRAIN_SIZE + EMBEDDED_EVAL_SIZE, EMBEDDED_SEED)
-        train = Reader(f"{EMBEDDED_DATA}:train", "row", enumerate(pairs[:EMBEDDED_TRAIN_SIZE], start=1))
-        held_out = Reader(f"{EMBEDDED_DATA}:eval", "row", enumerate(pairs[EMBEDDED_TRAIN_SIZE:], start=1))
+    if source in _BUNDLED:
+        generate, train_size, eval_size, seed = _BUNDLED[source]
+        pairs = generate(train_size + eval_size, seed)
+        train = Reader(f"{source}:train", "row", enumerate(pairs[:train_size], start=1))
+        held_out = Reader(f"{source}:eval", "row", enumerate(pairs[train_size:], start=1))
         return (held_out, None) if for_eval else (train, held_out)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
@@ -81,8 +101,8 @@ def _open_hub(name: str, *, split: str, for_eval: bool) -> tuple[Reader, Reader 
             else ""
         )
         raise PreferenceDataError(
-            f"unknown preference data source {name!r}. Tried: (1) the bundled set, whose name is "
-            f"{EMBEDDED_DATA!r}; (2) a local {'/'.join(FILE_SUFFIXES)} file or dataset folder at "
+            f"unknown preference data source {name!r}. Tried: (1) the bundled sets, named "
+            f"{' and '.join(map(repr, _BUNDLED))}; (2) a local {'/'.join(FILE_SUFFIXES)} file or dataset folder at "
             f"{Path(name).expanduser().resolve()}, which does not exist; (3) datasets.load_dataset({name!r}) "
             f"from the HuggingFace hub, which failed{why}: {type(err).__name__}: {err}"
         ) from err

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EMBEDDED_DATA = "embedded"
@@ -148,17 +148,37 @@ TASK_NAMES = tuple(name for name, _ in _TASKS)
 def generate_verifiable_pairs(n: int, seed: int) -> list[dict[str, Any]]:
     """Generate preference pairs whose chosen answer is verifiably correct and rejected one plausibly wrong.
 
-    Tasks cycle round-robin through :data:`TASK_NAMES`; every question is unique within one call, so any
-    two disjoint slices of the result ask different questions. The output is a pure function of
-    ``(n, seed)`` and ``generate_verifiable_pairs(m, seed)`` is a prefix of it for ``m <= n``.
+    Tasks cycle round-robin through :data:`TASK_NAMES` (:func:`generate_task_pairs`); answers are a few tokens long.
 
     Args:
         n: Number of pairs, at least 1.
         seed: Seed of the generator.
 
     Returns:
+        ``n`` conversational rows, as :func:`generate_task_pairs` returns them.
+
+    Raises:
+        ValueError: ``n`` is not a positive integer, or a task ran out of distinct questions.
+    """
+    return generate_task_pairs(_TASKS, n, seed)
+
+
+def generate_task_pairs(
+    tasks: Sequence[tuple[str, Callable[[random.Random], tuple[str, str, str]]]], n: int, seed: int
+) -> list[dict[str, Any]]:
+    """Generate ``n`` pairs from task families, round-robin, each question unique.
+
+    Every question is unique within one call, so any two disjoint slices of the result ask different questions.
+    The output is a pure function of ``(tasks, n, seed)`` and the first ``m <= n`` rows do not depend on ``n``.
+
+    Args:
+        tasks: ``(name, make)`` pairs; ``make(rng)`` returns ``(question, correct answer, wrong answer)``.
+        n: Number of pairs, at least 1.
+        seed: Seed of the generator.
+
+    Returns:
         ``n`` conversational rows ``{"prompt": [user message], "chosen": [assistant message],
-        "rejected": [assistant message], "task": task name}``; answers are a few tokens long.
+        "rejected": [assistant message], "task": task name}``.
 
     Raises:
         ValueError: ``n`` is not a positive integer, or a task ran out of distinct questions.
@@ -169,7 +189,7 @@ def generate_verifiable_pairs(n: int, seed: int) -> list[dict[str, Any]]:
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     while len(rows) < n:
-        task, make = _TASKS[len(rows) % len(_TASKS)]
+        task, make = tasks[len(rows) % len(tasks)]
         for _ in range(1000):
             question, answer, wrong = make(rng)
             if question not in seen:
