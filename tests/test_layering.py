@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "trainers.tiny_model",
         "trainers.models",
         "trainers.model_cache",
+        "trainers.packing",
     ),
     (
         "trainers.dpo_config",
