@@ -19,9 +19,13 @@ truncation is TRL's by construction; a pair whose two sequences kept different p
 differently) is packed as two plain segments without sharing.
 
 The mask goes to the model as a ready 4D mask, which transformers' ``create_causal_mask`` passes through as is
-(``masking_utils._preprocess_mask_arguments``): a boolean mask for SDPA, an additive float mask for eager attention.
-Flash attention takes no such mask, and a mask cannot express sliding-window layers or logit soft-capping, so those
-models keep TRL's path (:func:`unsupported_reason`).
+(``masking_utils._preprocess_mask_arguments``): a boolean mask for SDPA (on CPU and CUDA), an additive float mask for
+eager attention. transformers' own packed-sequence support cannot express it: it infers block-causal masks from
+``position_ids`` that restart at 0 (``find_packed_sequence_indices``), which would cut the rejected tokens off their
+prompt. Flash attention takes no custom mask at all; FlexAttention takes one as a ``BlockMask`` but runs on CPU only
+through ``torch.compile`` (a compile of about a minute for every new row length here, and no faster than SDPA at
+these sizes), and a window cannot be expressed for sliding-window layers: such models keep TRL's path
+(:func:`unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ MASKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take a custom 4D mask (boolean for SDPA, additive float for eager)."""
 SHARED_PREFIX_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 """Model types whose decoder takes ``position_ids`` (RoPE) and builds its mask with ``create_causal_mask``, so a
-custom 4D mask and restarted positions reach every layer unchanged. SmolLM2 and the tiny test model are ``llama``."""
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier")
+custom 4D mask and restarted positions reach every layer unchanged, and whose LM head is a plain projection (no logit
+scaling or soft-capping). SmolLM2 and the tiny test model are ``llama`` (tested); the others share its decoder code."""
 _LOGPROB_CHUNK = 32768  # vocabulary columns per LM-head tile, as TRL's fused head
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 """Branch ids of a segment's tokens: the mask keeps a rejected token from seeing a chosen one."""
