@@ -25,14 +25,16 @@ per optimizer step and a max length of ``--max-length`` tokens, in fp32 on the s
 
 Every measurement is a fresh subprocess; each repeat runs every side once, in the order above. A step-time callback
 records the wall clock at the end of every optimizer step; the first step is a warm-up, and steps/s is measured over
-the next ``--steps`` steps. Peak RSS is the child's ``ru_maxrss`` (``os.wait4``). With CUDA, tokens/s and MFU
-(``6 * params * tokens / time / peak FLOPs``, Kaplan et al. 2020, eq. 2.1 with backward = 2x forward; the reference
-forward and TRL's checkpointing recompute are not counted as useful FLOPs) are reported as well.
+the next ``--steps`` steps; the process's CPU time over the same steps (``cpu_s_per_step``, every thread) is recorded
+beside it, the work a step takes whatever else shares the cores. Peak RSS is the child's ``ru_maxrss``
+(``os.wait4``). With CUDA, tokens/s and MFU (``6 * params * tokens / time / peak FLOPs``, Kaplan et al. 2020, eq. 2.1
+with backward = 2x forward; the reference forward and TRL's checkpointing recompute are not counted as useful FLOPs)
+are reported as well.
 
 Each repeat also times the shared reference pass both ways (``reference-packed``, ``reference-unpacked``: a fresh
-process each, into a fresh directory): its forwards alone (``forward_s``, summed over the batches) and the whole call
-(model load and tokenisation included, ``total_s``). The first repeat's two references feed ``project`` and
-``unpacked``.
+process each, into a fresh directory): its forwards alone (``forward_s``, summed over the batches; ``forward_cpu_s``
+their CPU time) and the whole call (model load and tokenisation included, ``total_s``). The first repeat's two
+references feed ``project`` and ``unpacked``.
 """
 
 from __future__ import annotations
@@ -93,17 +95,19 @@ def _sides(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _step_timer():
-    """A transformers callback recording ``time.perf_counter()`` at the end of every optimizer step."""
+    """A transformers callback recording the wall clock and this process's CPU time at the end of every step."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall-clock time at the end of each optimizer step."""
+        """Wall-clock time (``perf_counter``) and process CPU time (``process_time``, every thread) at each step end."""
 
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.cpu_ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     return StepTimer()
 
@@ -192,20 +196,21 @@ def _reference(train, data, root: str) -> dict[str, object]:
     from trainers.reference import compute_reference_logps
     from trainers.trl_trainer import RegistryDPOTrainer
 
-    forward_s = [0.0]
+    forward = {"forward_s": 0.0, "forward_cpu_s": 0.0}
     compute = RegistryDPOTrainer.compute_ref_log_probs
 
-    def timed(self, model, inputs):  # wall time of each batch's forward (the pass is synchronous on CPU)
-        started = time.perf_counter()
+    def timed(self, model, inputs):  # wall and CPU time of each batch's forward (the pass is synchronous on CPU)
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = compute(self, model, inputs)
-        forward_s[0] += time.perf_counter() - started
+        forward["forward_s"] += time.perf_counter() - started
+        forward["forward_cpu_s"] += time.process_time() - cpu_started
         return result
 
     RegistryDPOTrainer.compute_ref_log_probs = timed
     started = time.perf_counter()
     reference = compute_reference_logps(train, data, root)
     total = time.perf_counter() - started
-    return {"reference": dataclasses.asdict(reference), "forward_s": forward_s[0], "total_s": total}
+    return {"reference": dataclasses.asdict(reference), **forward, "total_s": total}
 
 
 def _child(args: argparse.Namespace) -> dict[str, object]:
@@ -233,6 +238,8 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         "measured_steps": args.steps,
         "measured_s": measured,
         "steps_per_s": args.steps / measured,
+        # CPU time is the work done, whatever else shares the cores: the figure to compare on a loaded machine.
+        "cpu_s_per_step": (timer.cpu_ends[args.steps] - timer.cpu_ends[0]) / args.steps,
         "total_s": total,
     }
     if torch.cuda.is_available():
@@ -315,9 +322,10 @@ def _measure(args: argparse.Namespace) -> dict[str, list[dict[str, object]]]:
                 result, peak_rss = _spawn(args, side, extra)
                 if side in REFERENCE_SIDES:
                     references.setdefault(side, json.dumps(result.pop("reference")))
-                    measured = f"forwards {result['forward_s']:.1f} s, whole pass {result['total_s']:.1f} s"
+                    measured = f"forwards {result['forward_s']:.1f} s ({result['forward_cpu_s']:.1f} CPU s), "
+                    measured += f"whole pass {result['total_s']:.1f} s"
                 else:
-                    measured = f"{result['steps_per_s']:.3f} steps/s"
+                    measured = f"{result['steps_per_s']:.3f} steps/s, {result['cpu_s_per_step']:.2f} CPU s/step"
                 result.update(repeat=repeat, peak_rss_bytes=peak_rss, load_average=load_average())
                 runs[side].append(result)
                 rss = f"peak RSS {peak_rss / 2**20:.0f} MiB"
@@ -326,19 +334,17 @@ def _measure(args: argparse.Namespace) -> dict[str, list[dict[str, object]]]:
 
 
 def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Project over every other trainer (steps/s and peak RSS) and the reference pass's speed-up."""
-    ratios = {}
-    for side in summary:
+    """The project's speed-up over every other trainer (steps/s, CPU time per step), its peak RSS over theirs, and
+    the reference pass's speed-up (its forwards' wall and CPU time, the whole call's wall time)."""
+    ours, ratios = summary["project"], {}
+    for side, theirs in summary.items():
         if side != "project" and side not in REFERENCE_SIDES:
-            ratios[f"steps_per_s/project_over_{side}"] = (
-                summary["project"]["steps_per_s"] / summary[side]["steps_per_s"]
-            )
-            ratios[f"peak_rss/project_over_{side}"] = (
-                summary["project"]["peak_rss_bytes"] / summary[side]["peak_rss_bytes"]
-            )
+            ratios[f"steps_per_s/project_over_{side}"] = ours["steps_per_s"] / theirs["steps_per_s"]
+            ratios[f"cpu_s_per_step/{side}_over_project"] = theirs["cpu_s_per_step"] / ours["cpu_s_per_step"]
+            ratios[f"peak_rss/project_over_{side}"] = ours["peak_rss_bytes"] / theirs["peak_rss_bytes"]
     packed, unpacked = summary["reference-packed"], summary["reference-unpacked"]
-    ratios["reference_forward_speedup"] = unpacked["forward_s"] / packed["forward_s"]
-    ratios["reference_pass_speedup"] = unpacked["total_s"] / packed["total_s"]
+    for key in ("forward_s", "forward_cpu_s", "total_s"):
+        ratios[f"reference_{key}/unpacked_over_packed"] = unpacked[key] / packed[key]
     return ratios
 
 
@@ -348,7 +354,7 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]
         f"model={args.model} data={args.data} batch={BATCH_PAIRS} pairs max_length={args.max_length} "
         f"steps={args.steps} repeats={args.repeats}"
     )
-    header = f"{'side':<18} {'median steps/s':>15} {'median peak RSS (MiB)':>22}"
+    header = f"{'side':<18} {'median steps/s':>15} {'CPU s/step':>11} {'median peak RSS (MiB)':>22}"
     has_tokens = "tokens_per_s" in summary["project"]
     if has_tokens:
         header += f" {'tokens/s':>10} {'MFU':>7}"
@@ -356,13 +362,15 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]
     for side, row in summary.items():
         if side in REFERENCE_SIDES:
             continue
-        line = f"{side:<18} {row['steps_per_s']:>15.3f} {row['peak_rss_bytes'] / 2**20:>22.0f}"
+        line = f"{side:<18} {row['steps_per_s']:>15.3f} {row['cpu_s_per_step']:>11.2f}"
+        line += f" {row['peak_rss_bytes'] / 2**20:>22.0f}"
         if has_tokens:
             line += f" {row['tokens_per_s']:>10.0f} {row['mfu']:>7.2%}"
         print(line)
     for side in REFERENCE_SIDES:
         row = summary[side]
-        print(f"{side:<18} forwards {row['forward_s']:.1f} s, whole pass {row['total_s']:.1f} s (median)")
+        forwards = f"forwards {row['forward_s']:.1f} s ({row['forward_cpu_s']:.1f} CPU s)"
+        print(f"{side:<18} {forwards}, whole pass {row['total_s']:.1f} s (median)")
     for key, value in ratios.items():
         print(f"  {key:<42} {value:.2f}x")
 
