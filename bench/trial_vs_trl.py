@@ -257,6 +257,8 @@ def _spawn(args: argparse.Namespace, role: str, extra: list[str]) -> tuple[dict[
         command = [sys.executable, str(Path(__file__).resolve()), "--child", role, *shared]
         command += ["--result-file", str(result_file), *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+        if args.threads:
+            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         with open(log_file, "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             _, status, usage = os.wait4(process.pid, 0)
@@ -286,6 +288,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="measurements per side (each repeat runs every side once)")
     p.add_argument("--steps", type=int, default=6, help="measured optimizer steps after one warm-up step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of every child (OMP_NUM_THREADS); 1 makes CPU s/step the work a step takes even on a "
+        "loaded machine, where idle threads of a team spin at barriers while a sibling waits for a core",
+    )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak TFLOP/s for MFU (CUDA only)")
     p.add_argument("--out", default="bench/results/trial_vs_trl.json", help="where to write the JSON results")
     p.add_argument("--child", choices=(*REFERENCE_SIDES, *PROJECT_SIDES, *TRL_SIDES.values()), help=argparse.SUPPRESS)
@@ -298,8 +306,8 @@ def _parser() -> argparse.ArgumentParser:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1 or args.max_length < 1:
-        parser.error("--repeats, --steps and --max-length must be >= 1")
+    if args.repeats < 1 or args.steps < 1 or args.max_length < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats, --steps, --max-length and --threads must be >= 1")
     if not args.peak_tflops > 0:
         parser.error("--peak-tflops must be > 0")
     return args
@@ -352,7 +360,7 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]
     print()
     print(
         f"model={args.model} data={args.data} batch={BATCH_PAIRS} pairs max_length={args.max_length} "
-        f"steps={args.steps} repeats={args.repeats}"
+        f"steps={args.steps} repeats={args.repeats} threads={args.threads or 'default'}"
     )
     header = f"{'side':<18} {'median steps/s':>15} {'CPU s/step':>11} {'median peak RSS (MiB)':>22}"
     has_tokens = "tokens_per_s" in summary["project"]
@@ -390,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "data": args.data,
         "trl": args.trl,
+        "threads": args.threads,
         "batch_pairs": BATCH_PAIRS,
         "max_length": args.max_length,
         "steps": args.steps,

@@ -145,9 +145,13 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
         ValueError: If the batch is not laid out as TRL's ``DataCollatorForPreference`` lays it out.
     """
     rows, width = input_ids.shape
+    device = input_ids.device
+    # One copy to the host (one sync on an accelerator); the row is built there and copied back.
+    layout = torch.stack((input_ids, attention_mask.to(input_ids.dtype), completion_mask.to(input_ids.dtype)))
+    input_ids, attention_mask, completion_mask = layout.cpu()
     lengths_t = attention_mask.sum(dim=1)
     prompts_t = lengths_t - completion_mask.sum(dim=1)
-    columns = torch.arange(width, device=input_ids.device)
+    columns = torch.arange(width)
     real = columns < lengths_t[:, None]
     if rows % 2 or not torch.equal(attention_mask.bool(), real):
         raise ValueError(
@@ -168,7 +172,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
         else:  # keep_end truncation kept different prompt tokens: two plain segments
             row.add(ids[c][: lengths[c]], prompt, c)
             row.add(ids[r][: lengths[r]], prompts[r], r, branch=REJECTED)
-    return row.packed(pairs, TokenCounts(real=sum(lengths), padded=rows * width, shared=row.shared), input_ids.device)
+    return row.packed(pairs, TokenCounts(real=sum(lengths), padded=rows * width, shared=row.shared), device)
 
 
 class _Row:
