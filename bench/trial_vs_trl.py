@@ -1,27 +1,40 @@
-"""Benchmark: one project trial vs a plain TRL ``DPOTrainer`` script, steps/s and peak RSS.
+"""Benchmark: one project trial vs a plain TRL ``DPOTrainer`` script, steps/s and peak RSS; the reference pass.
 
 Usage::
 
-    python bench/trial_vs_trl.py                                   # embedded SmolLM2-135M, 3 repeats
+    python bench/trial_vs_trl.py                                   # embedded SmolLM2-135M, 3 repeats, both TRLs
+    python bench/trial_vs_trl.py --trl tuned --data ../shared/data/hh_rlhf_harmless_test_300.jsonl
     python bench/trial_vs_trl.py --model tiny-random --repeats 2   # quick run
 
-Both sides train the same model on the same pairs (the first 64 of the embedded verifiable pairs), with 4 pairs per
-optimizer step and a max length of 128 tokens, in fp32 on the same hardware:
+Every side trains the same model on the same pairs (the first 64 of ``--data``; malformed rows dropped), with 4 pairs
+per optimizer step and a max length of ``--max-length`` tokens, in fp32 on the same hardware:
 
 * ``project``: :func:`trainers.trial_runner.run_trial` with the sweep's shared reference log-probs precomputed once (by
-  :func:`trainers.reference.logps.compute_reference_logps`, in its own process before any measurement) and no gradient
-  checkpointing, exactly as a sweep trial runs.
-* ``trl``: a plain TRL 1.16 script, ``DPOTrainer(model=<checkpoint dir>, args=DPOConfig(...))`` with TRL's
+  :func:`trainers.reference.logps.compute_reference_logps`, in its own process before any training) and no gradient
+  checkpointing, exactly as a sweep trial runs: the shared-prefix, padding-free forward (``train.shared_prefix``).
+* ``unpacked``: the same trial with ``train.shared_prefix=false`` (TRL's padded concatenated forward) and a reference
+  computed that way too.
+* ``trl-defaults``: a plain TRL 1.16 script, ``DPOTrainer(model=<checkpoint dir>, args=DPOConfig(...))`` with TRL's
   defaults for everything but the shared settings above: ``gradient_checkpointing=True`` (TRL's default),
   ``precompute_ref_log_probs=False`` (TRL's default: TRL loads a second copy of the model as the reference and
   runs its forward pass at every step), ``loss_type=["sigmoid"]``, ``beta=0.1``, ``logging_steps=10``. TRL's
   ``bf16`` default (``True``) is overridden to the project's precision so both run the same arithmetic.
+* ``trl-tuned``: the same script as an expert runs it, ``precompute_ref_log_probs=True`` (one reference pass in
+  ``DPOTrainer.__init__``, at TRL's default batch size, before the timed steps) and ``gradient_checkpointing=False``,
+  everything else as ``trl-defaults``.
 
-Every measurement is a fresh subprocess (alternating project / TRL, ``--repeats`` times each). A step-time
-callback records the wall clock at the end of every optimizer step; the first step is a warm-up, and steps/s is
-measured over the next ``--steps`` steps. Peak RSS is the child's ``ru_maxrss`` (``os.wait4``). With CUDA, tokens/s
-and MFU (``6 * params * tokens / time / peak FLOPs``, Kaplan et al. 2020, eq. 2.1 with backward = 2x forward; the
-reference forward and TRL's checkpointing recompute are not counted as useful FLOPs) are reported as well.
+Every measurement is a fresh subprocess; each repeat runs every side once, in the order above. A step-time callback
+records the wall clock at the end of every optimizer step; the first step is a warm-up, and steps/s is measured over
+the next ``--steps`` steps; the process's CPU time over the same steps (``cpu_s_per_step``, every thread) is recorded
+beside it, the work a step takes whatever else shares the cores. Peak RSS is the child's ``ru_maxrss``
+(``os.wait4``). With CUDA, tokens/s and MFU (``6 * params * tokens / time / peak FLOPs``, Kaplan et al. 2020, eq. 2.1
+with backward = 2x forward; the reference forward and TRL's checkpointing recompute are not counted as useful FLOPs)
+are reported as well.
+
+Each repeat also times the shared reference pass both ways (``reference-packed``, ``reference-unpacked``: a fresh
+process each, into a fresh directory): its forwards alone (``forward_s``, summed over the batches; ``forward_cpu_s``
+their CPU time) and the whole call (model load and tokenisation included, ``total_s``). The first repeat's two
+references feed ``project`` and ``unpacked``.
 """
 
 from __future__ import annotations
@@ -43,57 +56,69 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script (python bench/trial_vs_trl.py): make the project importable
     sys.path.insert(0, str(ROOT))
 
-SIDES = ("project", "trl")
+PROJECT_SIDES = ("project", "unpacked")
+TRL_SIDES = {"tuned": "trl-tuned", "defaults": "trl-defaults"}
+REFERENCE_SIDES = {"reference-packed": True, "reference-unpacked": False}
+"""Reference-pass children and their ``train.shared_prefix``."""
 BATCH_PAIRS = 4
-MAX_LENGTH = 128
 TRAIN_PAIRS = 64
-"""Training pairs both sides load (the shared reference pass scores these once; a trial uses (steps + 1) x 4)."""
+"""Training pairs every side loads (the shared reference pass scores these once; a trial uses (steps + 1) x 4)."""
 
 
-def bench_train_config(model: str, steps: int, output_dir: str, seed: int):
-    """The :class:`~trainers.config.TrainConfig` both sides share (one warm-up step + ``steps`` measured)."""
+def bench_train_config(args: argparse.Namespace, output_dir: str, shared_prefix: bool = True):
+    """The :class:`~trainers.config.TrainConfig` every side shares (one warm-up step + ``steps`` measured)."""
     from trainers.config import TrainConfig
 
     return TrainConfig(
-        model=model,
-        data="embedded",
+        model=args.model,
+        data=args.data,
+        on_bad_rows="drop",  # the HH sample has rows with empty replies
         max_train_rows=TRAIN_PAIRS,
         per_device_batch_size=BATCH_PAIRS,
-        max_length=MAX_LENGTH,
-        max_steps=steps + 1,
+        max_length=args.max_length,
+        max_steps=args.steps + 1,
         max_eval_rows=8,
         eval_steps=0,
         learning_rate=5e-6,
-        seed=seed,
+        seed=args.seed,
         save_model=False,
         gradient_checkpointing=False,
+        shared_prefix=shared_prefix,
         output_dir=output_dir,
     )
 
 
+def _sides(args: argparse.Namespace) -> tuple[str, ...]:
+    """The measured sides of one repeat, in the order they run."""
+    trl = ("tuned", "defaults") if args.trl == "both" else (args.trl,)
+    return (*REFERENCE_SIDES, *PROJECT_SIDES, *(TRL_SIDES[t] for t in trl))
+
+
 def _step_timer():
-    """A transformers callback recording ``time.perf_counter()`` at the end of every optimizer step."""
+    """A transformers callback recording the wall clock and this process's CPU time at the end of every step."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall-clock time at the end of each optimizer step."""
+        """Wall-clock time (``perf_counter``) and process CPU time (``process_time``, every thread) at each step end."""
 
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.cpu_ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     return StepTimer()
 
 
-def _tokens_per_pair(tokenizer, dataset) -> float:
+def _tokens_per_pair(tokenizer, dataset, max_length: int) -> float:
     """Mean tokens one pair feeds the policy: prompt + chosen and prompt + rejected, each capped at max length."""
     counts = []
     for row in dataset:
         for completion in (row["chosen"], row["rejected"]):
             text = _as_text(row["prompt"]) + _as_text(completion)
-            counts.append(min(len(tokenizer(text)["input_ids"]), MAX_LENGTH))
+            counts.append(min(len(tokenizer(text)["input_ids"]), max_length))
     return 2 * statistics.fmean(counts) if counts else 0.0
 
 
@@ -115,16 +140,17 @@ def _train_project(args: argparse.Namespace, train, data, timer) -> tuple[int, i
 
 
 def _train_trl(args: argparse.Namespace, train, data, timer) -> tuple[int, int]:
-    """Train with a plain TRL ``DPOTrainer`` (TRL's defaults but the shared settings); ``(steps, params)``."""
+    """Train with a plain TRL ``DPOTrainer`` (TRL's defaults but the shared settings, or tuned); ``(steps, params)``."""
     import torch
     from trl import DPOConfig, DPOTrainer
 
     from trainers.models import load_tokenizer, resolve_model_path
 
+    tuned = args.child == TRL_SIDES["tuned"]
     config = DPOConfig(
         output_dir=train.output_dir,
         per_device_train_batch_size=BATCH_PAIRS,
-        max_length=MAX_LENGTH,
+        max_length=args.max_length,
         max_steps=args.steps + 1,
         learning_rate=train.learning_rate,
         seed=args.seed,
@@ -133,6 +159,8 @@ def _train_trl(args: argparse.Namespace, train, data, timer) -> tuple[int, int]:
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
+        precompute_ref_log_probs=tuned,
+        gradient_checkpointing=not tuned,
     )
     trainer = DPOTrainer(
         model=resolve_model_path(args.model),
@@ -153,7 +181,7 @@ def _cuda_metrics(args: argparse.Namespace, data, measured: float, params: int |
 
     if params is None:
         params = sum(p.numel() for p in load_model(args.model).parameters())
-    tokens_per_step = BATCH_PAIRS * _tokens_per_pair(load_tokenizer(args.model), data.train)
+    tokens_per_step = BATCH_PAIRS * _tokens_per_pair(load_tokenizer(args.model), data.train, args.max_length)
     tokens_per_s = tokens_per_step * args.steps / measured
     return {
         "params": params,
@@ -163,21 +191,43 @@ def _cuda_metrics(args: argparse.Namespace, data, measured: float, params: int |
     }
 
 
+def _reference(train, data, root: str) -> dict[str, object]:
+    """The shared reference pass into ``root``: the stored artifact, its forwards' time and the whole call's."""
+    from trainers.reference.logps import compute_reference_logps
+    from trainers.trl_trainer import RegistryDPOTrainer
+
+    forward = {"forward_s": 0.0, "forward_cpu_s": 0.0}
+    compute = RegistryDPOTrainer.compute_ref_log_probs
+
+    def timed(self, model, inputs):  # wall and CPU time of each batch's forward (the pass is synchronous on CPU)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = compute(self, model, inputs)
+        forward["forward_s"] += time.perf_counter() - started
+        forward["forward_cpu_s"] += time.process_time() - cpu_started
+        return result
+
+    RegistryDPOTrainer.compute_ref_log_probs = timed
+    started = time.perf_counter()
+    reference = compute_reference_logps(train, data, root)
+    total = time.perf_counter() - started
+    return {"reference": dataclasses.asdict(reference), **forward, "total_s": total}
+
+
 def _child(args: argparse.Namespace) -> dict[str, object]:
     """Run one side in this (fresh) process and return its timings."""
     import torch
 
-    from trainers.reference.logps import compute_reference_logps
     from trainers.trial_runner import load_trial_data
 
-    train = bench_train_config(args.model, args.steps, tempfile.mkdtemp(prefix="bench-trial-"), args.seed)
+    output_dir = tempfile.mkdtemp(prefix="bench-trial-")
+    shared_prefix = REFERENCE_SIDES.get(args.child, args.child != "unpacked")
+    train = bench_train_config(args, output_dir, shared_prefix=shared_prefix)
     data = load_trial_data(train)
-    if args.child == "reference":
-        reference = compute_reference_logps(train, data, args.reference_root)
-        return dataclasses.asdict(reference)
+    if args.child in REFERENCE_SIDES:
+        return _reference(train, data, args.reference_root)
     timer = _step_timer()
     started = time.perf_counter()
-    train_side = _train_project if args.child == "project" else _train_trl
+    train_side = _train_project if args.child in PROJECT_SIDES else _train_trl
     steps, params = train_side(args, train, data, timer)
     total = time.perf_counter() - started
     if len(timer.ends) < args.steps + 1:
@@ -188,6 +238,8 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         "measured_steps": args.steps,
         "measured_s": measured,
         "steps_per_s": args.steps / measured,
+        # CPU time is the work done, whatever else shares the cores: the figure to compare on a loaded machine.
+        "cpu_s_per_step": (timer.cpu_ends[args.steps] - timer.cpu_ends[0]) / args.steps,
         "total_s": total,
     }
     if torch.cuda.is_available():
@@ -200,24 +252,13 @@ def _spawn(args: argparse.Namespace, role: str, extra: list[str]) -> tuple[dict[
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         result_file = Path(tmp) / "result.json"
         log_file = Path(tmp) / "log.txt"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            role,
-            "--model",
-            args.model,
-            "--steps",
-            str(args.steps),
-            "--seed",
-            str(args.seed),
-            "--peak-tflops",
-            str(args.peak_tflops),
-            "--result-file",
-            str(result_file),
-            *extra,
-        ]
+        shared = ["--model", args.model, "--data", args.data, "--max-length", str(args.max_length)]
+        shared += ["--steps", str(args.steps), "--seed", str(args.seed), "--peak-tflops", str(args.peak_tflops)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", role, *shared]
+        command += ["--result-file", str(result_file), *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+        if args.threads:
+            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         with open(log_file, "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             _, status, usage = os.wait4(process.pid, 0)
@@ -231,15 +272,31 @@ def _spawn(args: argparse.Namespace, role: str, extra: list[str]) -> tuple[dict[
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/trial_vs_trl.py",
-        description="Steps/s and peak RSS of one project trial vs a plain TRL DPOTrainer script (fresh process each).",
+        description="Steps/s and peak RSS of one project trial (shared-prefix forward, and without it) vs a plain "
+        "TRL DPOTrainer script (TRL's defaults and/or tuned), and the reference pass both ways (fresh process each).",
     )
     p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M), 'tiny-random' or a local path")
-    p.add_argument("--repeats", type=int, default=3, help="measurements per side (alternating project/TRL)")
+    p.add_argument("--data", default="embedded", help="'embedded' or a preference file (e.g. the HH sample)")
+    p.add_argument("--max-length", type=int, default=128, help="max tokens of prompt + completion (TRL's max_length)")
+    p.add_argument(
+        "--trl",
+        choices=("both", *TRL_SIDES),
+        default="both",
+        help="TRL side(s): 'defaults' (TRL's defaults), 'tuned' (precompute_ref_log_probs=True, gradient "
+        "checkpointing off) or both",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="measurements per side (each repeat runs every side once)")
     p.add_argument("--steps", type=int, default=6, help="measured optimizer steps after one warm-up step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of every child (OMP_NUM_THREADS); 1 makes CPU s/step the work a step takes even on a "
+        "loaded machine, where idle threads of a team spin at barriers while a sibling waits for a core",
+    )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak TFLOP/s for MFU (CUDA only)")
     p.add_argument("--out", default="bench/results/trial_vs_trl.json", help="where to write the JSON results")
-    p.add_argument("--child", choices=("reference", *SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=(*REFERENCE_SIDES, *PROJECT_SIDES, *TRL_SIDES.values()), help=argparse.SUPPRESS)
     p.add_argument("--reference", help=argparse.SUPPRESS)
     p.add_argument("--reference-root", help=argparse.SUPPRESS)
     p.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -249,53 +306,81 @@ def _parser() -> argparse.ArgumentParser:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1:
-        parser.error("--repeats and --steps must be >= 1")
+    if args.repeats < 1 or args.steps < 1 or args.max_length < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats, --steps, --max-length and --threads must be >= 1")
     if not args.peak_tflops > 0:
         parser.error("--peak-tflops must be > 0")
     return args
 
 
-def _measure(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, object]]], float]:
-    """The shared reference pass once, then ``--repeats`` runs per side, alternating; ``(runs, reference_s)``."""
-    runs: dict[str, list[dict[str, object]]] = {side: [] for side in SIDES}
+def _measure(args: argparse.Namespace) -> dict[str, list[dict[str, object]]]:
+    """``--repeats`` rounds of every side, each in a fresh process; the first round's references feed the trials."""
+    sides = _sides(args)
+    runs: dict[str, list[dict[str, object]]] = {side: [] for side in sides}
+    references: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-reference-") as reference_root:
-        started = time.perf_counter()
-        reference, _ = _spawn(args, "reference", ["--reference-root", reference_root])
-        reference_s = time.perf_counter() - started
-        print(f"shared reference log-probs computed once in {reference_s:.1f} s (load {load_average()})", flush=True)
         for repeat in range(args.repeats):
-            for side in SIDES:
-                extra = ["--reference", json.dumps(reference)] if side == "project" else []
+            for side in sides:
+                extra = []
+                if side in REFERENCE_SIDES:
+                    extra = ["--reference-root", str(Path(reference_root) / f"{side}-{repeat}")]
+                elif side in PROJECT_SIDES:
+                    reference = "reference-packed" if side == "project" else "reference-unpacked"
+                    extra = ["--reference", references[reference]]
                 result, peak_rss = _spawn(args, side, extra)
+                if side in REFERENCE_SIDES:
+                    references.setdefault(side, json.dumps(result.pop("reference")))
+                    measured = f"forwards {result['forward_s']:.1f} s ({result['forward_cpu_s']:.1f} CPU s), "
+                    measured += f"whole pass {result['total_s']:.1f} s"
+                else:
+                    measured = f"{result['steps_per_s']:.3f} steps/s, {result['cpu_s_per_step']:.2f} CPU s/step"
                 result.update(repeat=repeat, peak_rss_bytes=peak_rss, load_average=load_average())
                 runs[side].append(result)
-                print(
-                    f"[{side} #{repeat}] {result['steps_per_s']:.3f} steps/s, peak RSS {peak_rss / 2**20:.0f} MiB, "
-                    f"load {result['load_average']}",
-                    flush=True,
-                )
-    return runs, reference_s
+                rss = f"peak RSS {peak_rss / 2**20:.0f} MiB"
+                print(f"[{side} #{repeat}] {measured}, {rss}, load {result['load_average']}", flush=True)
+    return runs
 
 
-def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]], ratio: dict[str, float]) -> None:
+def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The project's speed-up over every other trainer (steps/s, CPU time per step), its peak RSS over theirs, and
+    the reference pass's speed-up (its forwards' wall and CPU time, the whole call's wall time)."""
+    ours, ratios = summary["project"], {}
+    for side, theirs in summary.items():
+        if side != "project" and side not in REFERENCE_SIDES:
+            ratios[f"steps_per_s/project_over_{side}"] = ours["steps_per_s"] / theirs["steps_per_s"]
+            ratios[f"cpu_s_per_step/{side}_over_project"] = theirs["cpu_s_per_step"] / ours["cpu_s_per_step"]
+            ratios[f"peak_rss/project_over_{side}"] = ours["peak_rss_bytes"] / theirs["peak_rss_bytes"]
+    packed, unpacked = summary["reference-packed"], summary["reference-unpacked"]
+    for key in ("forward_s", "forward_cpu_s", "total_s"):
+        ratios[f"reference_{key}/unpacked_over_packed"] = unpacked[key] / packed[key]
+    return ratios
+
+
+def _print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]], ratios: dict[str, float]) -> None:
     print()
     print(
-        f"model={args.model} batch={BATCH_PAIRS} pairs max_length={MAX_LENGTH} steps={args.steps} "
-        f"repeats={args.repeats}"
+        f"model={args.model} data={args.data} batch={BATCH_PAIRS} pairs max_length={args.max_length} "
+        f"steps={args.steps} repeats={args.repeats} threads={args.threads or 'default'}"
     )
-    header = f"{'side':<8} {'median steps/s':>15} {'median peak RSS (MiB)':>22}"
+    header = f"{'side':<18} {'median steps/s':>15} {'CPU s/step':>11} {'median peak RSS (MiB)':>22}"
     has_tokens = "tokens_per_s" in summary["project"]
     if has_tokens:
         header += f" {'tokens/s':>10} {'MFU':>7}"
     print(header)
-    for side in SIDES:
-        row = summary[side]
-        line = f"{side:<8} {row['steps_per_s']:>15.3f} {row['peak_rss_bytes'] / 2**20:>22.0f}"
+    for side, row in summary.items():
+        if side in REFERENCE_SIDES:
+            continue
+        line = f"{side:<18} {row['steps_per_s']:>15.3f} {row['cpu_s_per_step']:>11.2f}"
+        line += f" {row['peak_rss_bytes'] / 2**20:>22.0f}"
         if has_tokens:
             line += f" {row['tokens_per_s']:>10.0f} {row['mfu']:>7.2%}"
         print(line)
-    print(f"{'ratio':<8} {ratio['steps_per_s']:>14.2f}x {ratio['peak_rss']:>21.2f}x   (project / TRL)")
+    for side in REFERENCE_SIDES:
+        row = summary[side]
+        forwards = f"forwards {row['forward_s']:.1f} s ({row['forward_cpu_s']:.1f} CPU s)"
+        print(f"{side:<18} {forwards}, whole pass {row['total_s']:.1f} s (median)")
+    for key, value in ratios.items():
+        print(f"  {key:<42} {value:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,23 +390,22 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result_file).write_text(json.dumps(_child(args)))
         return 0
 
-    runs, reference_s = _measure(args)
-    summary = {side: _median(runs[side]) for side in SIDES}
-    ratio = {
-        "steps_per_s": summary["project"]["steps_per_s"] / summary["trl"]["steps_per_s"],
-        "peak_rss": summary["project"]["peak_rss_bytes"] / summary["trl"]["peak_rss_bytes"],
-    }
-    _print_summary(args, summary, ratio)
+    runs = _measure(args)
+    summary = {side: _median(side_runs) for side, side_runs in runs.items()}
+    ratios = _ratios(summary)
+    _print_summary(args, summary, ratios)
     results = {
         "model": args.model,
+        "data": args.data,
+        "trl": args.trl,
+        "threads": args.threads,
         "batch_pairs": BATCH_PAIRS,
-        "max_length": MAX_LENGTH,
+        "max_length": args.max_length,
         "steps": args.steps,
         "repeats": args.repeats,
-        "reference_precompute_s": reference_s,
         "cpu_count": os.cpu_count(),
         "median": summary,
-        "ratio_project_over_trl": ratio,
+        "ratios": ratios,
         "runs": runs,
     }
     out = Path(args.out)

@@ -32,7 +32,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "sweep.config",
         "sweep.config.*",
     ),
-    ("trainers.atomic_dir", "trainers.data", "trainers.data.*", "trainers.models", "trainers.models.*"),
+    (
+        "trainers.atomic_dir",
+        "trainers.data",
+        "trainers.data.*",
+        "trainers.models",
+        "trainers.models.*",
+        "trainers.packing",
+    ),
     (
         "trainers.dpo_config",
         "trainers.trl_trainer",

@@ -146,6 +146,13 @@ class TrainConfig:
     )
     weight_decay: float = option(0.0, help="AdamW weight decay.")
     gradient_checkpointing: bool = option(False, help="Trade compute for activation memory.")
+    shared_prefix: bool = option(
+        True,
+        help="Score each pair in one padding-free forward where chosen and rejected share their prompt "
+        "(``trainers.packing``; the same log-probs as TRL's padded forward up to float rounding, with less compute), "
+        "for the policy and the reference pass. Models whose attention cannot take its mask fall back to TRL's padded "
+        "[chosen; rejected] forward with one log line saying why; ``false`` always uses that.",
+    )
     deepspeed: str | None = option(None, help="Path to a DeepSpeed JSON config (multi-GPU trials), or ``null``.")
     output_dir: str = option("outputs/trial", nonempty=True, help="Where the trial writes its final model and metrics.")
     save_model: bool = option(

@@ -177,6 +177,7 @@ def run_trial(
         processing_class=tokenizer,
         callbacks=[collapse, *callbacks],
         loss=loss,
+        shared_prefix=train.shared_prefix,
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)

@@ -5,15 +5,18 @@ The subclass replaces only TRL's loss dispatch (``_compute_loss``) and the gradi
 * the per-example loss is ``trainers.losses.LOSSES[name].fn`` on the policy / reference log-probs,
 * every step logs the collapse statistics under TRL's metric names (one host sync for all of them),
 * the pre-clip gradient norm comes with a count of non-finite gradient values, and
-* non-finite values are classified as numerical or genuine (:func:`trainers.collapse.classify_non_finite`).
+* non-finite values are classified as numerical or genuine (:func:`trainers.collapse.classify_non_finite`), and
+* with ``shared_prefix`` (the default) the policy and reference log-probs come from one padding-free forward in which
+  chosen and rejected share their prompt (:mod:`trainers.packing`) instead of TRL's padded concatenated forward.
 
-Everything else (tokenisation, the concatenated chosen/rejected forward with TRL's fused LM head, the
-precomputed reference log-probs, optimisation, DeepSpeed) is TRL's and transformers' own.
+Everything else (tokenisation, truncation and collation, the precomputed reference log-probs, optimisation,
+DeepSpeed) is TRL's and transformers' own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 
@@ -21,12 +24,16 @@ import torch
 from torch.profiler import record_function
 from transformers import TrainerCallback
 from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer import dpo_trainer as trl_dpo_trainer
 
 from trainers.collapse import DivergenceMonitor, Verdict, classify_non_finite
 from trainers.config import LossConfig
 from trainers.losses import compute_loss, get_loss, mix_statistics
+from trainers.packing import TokenCounts, pack_pairs, padded_counts, sequence_logps, unsupported_reason
 from trainers.protocol import Metric
+
+logger = logging.getLogger(__name__)
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 TOKENISED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -59,6 +66,14 @@ def _without_model_hash() -> Iterator[None]:
         yield
     finally:
         trl_dpo_trainer.hash_module = original
+
+
+def _shared_prefix_usable(model) -> bool:
+    """Whether ``model`` takes the shared-prefix forward; if not, one log line says why."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        logger.warning("shared-prefix forward off, TRL's padded concatenated forward instead: %s", reason)
+    return reason is None
 
 
 class LearnableBetaMix(torch.nn.Module):
@@ -105,16 +120,24 @@ class RegistryDPOTrainer(DPOTrainer):
         *args: Passed to ``DPOTrainer`` (``args`` must set ``precompute_ref_log_probs=True`` unless the datasets
             already carry ``ref_chosen_logps`` / ``ref_rejected_logps`` columns).
         loss: The loss and its hyper-parameters.
+        shared_prefix: Score pairs with the shared-prefix, padding-free forward (:mod:`trainers.packing`) where the
+            model takes it; otherwise (or when the model cannot) with TRL's padded concatenated forward.
         **kwargs: Passed to ``DPOTrainer``.
+
+    Attributes:
+        shared_prefix: Whether the shared-prefix forward is in use.
+        last_token_counts: :class:`~trainers.packing.TokenCounts` of the last batch scored (telemetry).
     """
 
-    def __init__(self, *args, loss: LossConfig, **kwargs) -> None:
+    def __init__(self, *args, loss: LossConfig, shared_prefix: bool = True, **kwargs) -> None:
         self.loss_config = loss
         self.loss_spec = get_loss(loss.name)
         self.beta_mix: LearnableBetaMix | None = None
+        model = kwargs["model"] if "model" in kwargs else args[0]
         if "beta_mix" in self.loss_spec.learnable:
-            model = kwargs["model"] if "model" in kwargs else args[0]
             self.beta_mix = LearnableBetaMix.attach(model, loss.beta_mix)
+        self.shared_prefix = shared_prefix and _shared_prefix_usable(model)
+        self.last_token_counts: TokenCounts | None = None
         self._last_logps: tuple[torch.Tensor, ...] | None = None
         train, held_out = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         shared_reference = _has_reference(train) and (held_out is None or _has_reference(held_out))
@@ -156,22 +179,44 @@ class RegistryDPOTrainer(DPOTrainer):
             hparams["beta_mix"] = self.beta_mix()
         return hparams
 
-    def _compute_loss(self, model, inputs, return_outputs):
-        mode = "train" if self.model.training else "eval"
+    def _sequence_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence log-probs of ``[chosen; rejected]`` and their completion-token counts, both shape ``(2B,)``."""
+        if self.shared_prefix:
+            packed = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+            self.last_token_counts = packed.counts
+            return sequence_logps(model, packed)
+        self.last_token_counts = padded_counts(inputs["attention_mask"])
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        # One forward over the concatenated [chosen; rejected] batch; TRL's fused LM head returns per-token log-probs
+        # of the labels (0 on masked positions) without materialising the logits.
+        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
+        return outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1), shift_mask.sum(dim=1)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """TRL's reference pass over one batch, through the shared-prefix forward when it is in use."""
+        if not self.shared_prefix:
+            return super().compute_ref_log_probs(model, inputs)
+        packed = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            self.accelerator.autocast(),
+        ):
+            logps, _ = sequence_logps(model, packed)
+        return logps.chunk(2)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
         with record_function(PROFILE_RANGES[0]):
-            # One forward over the concatenated [chosen; rejected] batch; TRL's fused LM head returns per-token
-            # log-probs of the labels (0 on masked positions) without materialising the logits.
-            outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
-            logps = outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1)  # (2B,)
+            logps, n_tokens = self._sequence_logps(model, inputs)
         with record_function(PROFILE_RANGES[1]):
             ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.dtype)
             if self.loss_spec.logp_reduction == "mean":
-                n_tokens = shift_mask.sum(dim=1).clamp(min=1)
-                loss_logps, loss_ref_logps = logps / n_tokens, ref_logps / n_tokens
+                per_token = n_tokens.clamp(min=1)
+                loss_logps, loss_ref_logps = logps / per_token, ref_logps / per_token
             else:
                 loss_logps, loss_ref_logps = logps, ref_logps
             pi_c, pi_r = loss_logps.chunk(2)
@@ -181,7 +226,7 @@ class RegistryDPOTrainer(DPOTrainer):
             loss = out.losses.mean()
         self._last_logps = tuple(t.detach() for t in (pi_c, pi_r, ref_c, ref_r))
         with record_function(PROFILE_RANGES[2]):
-            self._record_metrics(mode, logps, ref_logps, shift_mask.sum(dim=1), out, hparams)
+            self._record_metrics(mode, logps, ref_logps, n_tokens, out, hparams)
         if return_outputs:
             raise NotImplementedError("RegistryDPOTrainer computes no logits for compute_metrics")
         return loss

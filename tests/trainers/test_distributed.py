@@ -1,8 +1,11 @@
 """Multi-worker trials on CPU: 2 real gloo ranks (DDP, DeepSpeed ZeRO-2 and ZeRO-3) against one process.
 
-A trial on 2 ranks of ``per_device_batch_size`` 2 sees the same global batches as one process of batch 4 (accelerate
-shards the same seeded batch order), so its per-step metrics — gathered across ranks — and its verdict must be the
-one-process trial's to float tolerance. The learnable ``beta_mix`` of ``dlrml_learnable`` is read back per rank (each
+A trial on 2 ranks of ``per_device_batch_size`` 2 sees the same micro-batches as one process of batch 2 that
+accumulates gradients over 2 of them (accelerate deals the same seeded batch order out to the ranks), so its per-step
+metrics — gathered across ranks — and its verdict must be the one-process trial's to float tolerance. (The same pairs
+scored in one batch of 4 would share a packed row differently, ``trainers/packing.py``, and round differently: at step
+1 every margin is 0 up to that rounding, and Adam's first step moves the learnable ``beta_mix`` by its learning rate in
+the direction of its sign.) The learnable ``beta_mix`` of ``dlrml_learnable`` is read back per rank (each
 rank logs its own, ungathered value): ranks that did not all-reduce its gradient would drift apart, as each rank
 trains on different pairs. DeepSpeed 0.19's CPU accelerator runs ZeRO over the gloo group (no oneCCL here).
 """
@@ -50,7 +53,8 @@ def _train(model_dir: Path, output_dir: Path, world: int, deepspeed: str | None 
     return TrainConfig(
         model=str(model_dir),
         max_steps=STEPS,
-        per_device_batch_size=GLOBAL_BATCH // world,
+        per_device_batch_size=GLOBAL_BATCH // 2,
+        grad_accum=2 // world,
         max_eval_rows=4,
         learning_rate=1e-3,
         save_model=True,
@@ -92,7 +96,7 @@ def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def one_process(tiny_model_dir: Path, reference: ReferenceLogps, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same trial in this process, no process group: batch 4 per step."""
+    """The same trial in this process, no process group: 2 micro-batches of 2 per step."""
     return trial_on_rank(_train(tiny_model_dir, tmp_path_factory.mktemp("single"), world=1), reference)
 
 

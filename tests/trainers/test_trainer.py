@@ -114,8 +114,15 @@ def _score_with_both_trainers(
         model=str(model_dir), per_device_batch_size=CROSS_CHECK_PAIRS, output_dir=str(output_dir / "ours")
     )
     ours_args = build_dpo_config(train, loss)
+    # TRL's padded forward on both sides, so that the batches and reference log-probs are bit-identical; the
+    # shared-prefix forward equals it within float rounding (tests/trainers/test_packing.py).
     ours = RegistryDPOTrainer(
-        model=load_model(str(model_dir)), args=ours_args, train_dataset=rows, processing_class=tokenizer, loss=loss
+        model=load_model(str(model_dir)),
+        args=ours_args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        loss=loss,
+        shared_prefix=False,
     )
     stock_args = DPOConfig(
         output_dir=str(output_dir / "stock"),

@@ -63,7 +63,8 @@ def reference_key(train: TrainConfig, data: PreferenceData) -> str:
 
     It covers exactly what determines them: the model weights and tokenizer files (:func:`model_identity`), the
     content and split of the pairs (:meth:`PreferenceData.fingerprint`), the tokenisation limit
-    (``max_length``), the precision the reference forward runs in and its batch size (``reference_batch_size``).
+    (``max_length``), the precision the reference forward runs in, its batch size (``reference_batch_size``) and
+    whether it runs the shared-prefix forward (``shared_prefix``).
     """
     payload = {
         "version": _KEY_VERSION,
@@ -71,8 +72,10 @@ def reference_key(train: TrainConfig, data: PreferenceData) -> str:
         "data": data.fingerprint(),
         "max_length": train.max_length,
         "precision": train.precision,
-        # Padding to each batch's longest pair can move log-probs in the last float digits.
+        # Padding to each batch's longest pair, or packing its pairs into one row, can move log-probs in the last
+        # float digits.
         "batch": train.reference_batch_size,
+        "shared_prefix": train.shared_prefix,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -148,6 +148,7 @@ def compute_reference_shard(
         eval_dataset=_with_rows(data.eval),
         processing_class=load_tokenizer(train.model),
         loss=LossConfig("dpo", beta_kl=0.1),
+        shared_prefix=train.shared_prefix,
         shard=shard,
         shards=shards,
     )
