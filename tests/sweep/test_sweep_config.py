@@ -63,6 +63,9 @@ def test_shipped_config_loads_and_validates(path):
     assert by_name.scheduler.metric.startswith("eval_")
     # No shipped config may leave a cell without a verdict: none prunes (CellAwareASHA would protect first seeds).
     assert by_name.scheduler.asha is False
+    train = by_name.train
+    if train.max_steps > 0:  # a step-count run can settle: enough held-out evaluations after the start
+        assert (train.max_steps + train.extend_until_settled) // train.eval_steps >= train.verdicts.settle_evals
 
 
 @pytest.mark.parametrize(
@@ -395,7 +398,7 @@ def test_help_documents_every_field(tmp_path):
     [
         (["--config", "smoke", "grid.beta_kl=[0.1,-1]"], "grid.beta_kl must contain finite numbers > 0"),
         (["--config", "smoke", "grid.losses=[dpo,dpo_v2]"], "unknown loss 'dpo_v2'"),
-        (["--config", "no_such_config"], "shipped configs: ['default', 'mistral7b_seed', 'smoke']"),
+        (["--config", "no_such_config"], f"shipped configs: {[path.stem for path in SHIPPED_YAMLS]}"),
         (["--config", "smoke", "grid.seeds"], "not of the form key=value"),
         (["--config", "smoke", "--mlflow-uri", "http://bob:hunter2@h:5000"], "must not embed credentials"),
         (["--config", "smoke", "--name", "bad/name"], "name must be a simple identifier"),
