@@ -177,4 +177,4 @@ class ThroughputMeter(TrainerCallback):
         counts = TokenCounts(real=real, padded=padded, forward=forward, shared=shared)
         metrics = step_metrics(counts, seconds, self.parameters, self.peak_tflops, self.devices, self.reference_forward)
         for name, value in metrics.items():
-            self.buffer[name].append(value)
+            self.buffer.setdefault(name, []).append(value)
