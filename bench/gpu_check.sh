@@ -6,7 +6,9 @@
 #
 # 1. sweep:   the smoke grid (DPO, dLRML; 10 steps each) on the embedded SmolLM2-135M in bf16 under DeepSpeed
 #             ZeRO-3, one rank (resources.use_gpu, 1 GPU per trial): the production trial path on one GPU.
-# 2. trial:   bench/trial_vs_trl.py on the embedded model (steps/s, tokens/s, MFU against PEAK_TFLOPS).
+# 2. trial:   bench/trial_vs_trl.py on the embedded model (steps/s, tokens/s, MFU against PEAK_TFLOPS), and the
+#             trial's own perf/* metrics (perf/mfu, perf/padding_fraction) with the shared-prefix forward (project)
+#             and without it (unpacked): the summary prints packed vs unpacked steps/s and MFU.
 # 3. mt-bench: wall time of MT-Bench answer generation (HF generate) for 16 questions, bf16, embedded model.
 # 4. mt-bench-vllm: the same with mt_bench.eval.generation_backend=vllm (engine start included), where the vllm
 #             extra is installed (pip install '.[vllm]'); reported as skipped otherwise.
@@ -92,10 +94,19 @@ if [[ -f "$OUT/trial_vs_trl.json" ]]; then
     "$PYTHON" - "$OUT/trial_vs_trl.json" <<'PY'
 import json, sys
 data = json.load(open(sys.argv[1]))
-for side, rows in data.get("runs", {}).items():
+runs = data.get("runs", {})
+keys = ("steps_per_s", "tokens_per_s", "mfu", "perf/mfu", "perf/tokens_per_second", "perf/padding_fraction")
+for side, rows in runs.items():
     for row in rows:
-        fields = ", ".join(f"{k} {row[k]:.4g}" for k in ("steps_per_s", "tokens_per_s", "mfu") if k in row)
+        fields = ", ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
         print(f"  trial:    {side}: {fields}")
+packed, unpacked = runs.get("project") or [], runs.get("unpacked") or []
+if packed and unpacked:  # the shared-prefix forward against TRL's padded one, first repeat
+    p, u = packed[0], unpacked[0]
+    mfu = " ".join(f"{side} perf/mfu {row['perf/mfu']:.3f}" for side, row in (("packed", p), ("unpacked", u))
+                   if "perf/mfu" in row)
+    print(f"  trial:    packed vs unpacked: steps/s {p['steps_per_s']:.3g} vs {u['steps_per_s']:.3g} "
+          f"(x{p['steps_per_s'] / u['steps_per_s']:.2f}); {mfu}")
 PY
 fi
 for backend in hf vllm; do

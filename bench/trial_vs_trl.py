@@ -129,13 +129,23 @@ def _as_text(value) -> str:
 
 
 def _train_project(args: argparse.Namespace, train, data, timer) -> tuple[int, int | None]:
-    """Train with :func:`trainers.trial_runner.run_trial` and the precomputed reference; ``(steps, None)``."""
+    """Train with :func:`trainers.trial_runner.run_trial` and the precomputed reference; ``(steps, None)``.
+
+    The trial's own ``perf/*`` metrics (:mod:`trainers.telemetry`), averaged over the measured steps, are kept in
+    ``timer.perf``."""
+    import torch
+
     from trainers.config import LossConfig
     from trainers.reference.logps import ReferenceLogps
     from trainers.trial_runner import run_trial
 
     reference = ReferenceLogps(**json.loads(args.reference))
-    result = run_trial(train, LossConfig("dpo", beta_kl=0.1), data=data, reference=reference, callbacks=[timer])
+    peak = args.peak_tflops if torch.cuda.is_available() else None
+    loss = LossConfig("dpo", beta_kl=0.1)
+    result = run_trial(train, loss, data=data, reference=reference, callbacks=[timer], peak_tflops=peak)
+    measured = [h for h in result.history if "loss" in h][1:]  # the first step is the warm-up
+    names = sorted({k for h in measured for k in h if k.startswith("perf/")})
+    timer.perf = {name: statistics.fmean(h[name] for h in measured if name in h) for name in names}
     return result.steps, None
 
 
@@ -244,6 +254,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     }
     if torch.cuda.is_available():
         out.update(_cuda_metrics(args, data, measured, params))
+    out.update(getattr(timer, "perf", {}))  # the project trial's own perf/* metrics
     return out
 
 

@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "trainers.models",
         "trainers.models.*",
         "trainers.packing",
+        "trainers.telemetry",
     ),
     (
         "trainers.dpo_config",

@@ -52,22 +52,35 @@ PROMPT, CHOSEN, REJECTED = 0, 1, 2
 
 @dataclass(frozen=True)
 class TokenCounts:
-    """Token counts of one batch, for throughput telemetry (non-pad tokens/s, padding fraction, tokens saved).
+    """Token counts of one batch of ``B`` pairs, for throughput telemetry (:mod:`trainers.telemetry`).
+
+    TRL's batch is ``[chosen; rejected]``, ``2B`` rows right-padded to the longest, ``L`` columns; pair ``i`` has
+    ``p_i`` prompt tokens and ``c_i`` / ``r_i`` completion tokens after truncation. Then ``real = sum(2 p_i + c_i +
+    r_i)``, ``padded = 2B L``, and the packed row holds ``real - shared`` tokens, ``shared = sum(p_i)`` over the
+    pairs whose two sequences kept the same prompt (all of them unless ``keep_end`` cut them differently).
 
     Attributes:
         real: Non-pad tokens of TRL's ``[chosen; rejected]`` batch (every prompt counted twice).
-        padded: Tokens of that batch padding included: what the unpacked forward computes.
+        padded: Tokens of that batch padding included: what TRL's padded concatenated forward computes.
+        forward: Tokens of the forward actually run, padding included: ``padded`` unpacked, the packed row's length
+            (``real - shared``, no padding) packed.
         shared: Prompt tokens the packed row holds once instead of twice (0 when not packed).
     """
 
     real: int
     padded: int
+    forward: int
     shared: int = 0
 
     @property
-    def packed(self) -> int:
-        """Tokens the packed row holds: what the shared-prefix forward computes."""
+    def computed(self) -> int:
+        """Non-pad tokens the forward actually run processed: ``real - shared``."""
         return self.real - self.shared
+
+    @property
+    def padding(self) -> int:
+        """Pad tokens the forward actually run processed: ``forward - computed`` (0 packed)."""
+        return self.forward - self.computed
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,7 @@ class PackedPairs:
 
 def padded_counts(attention_mask: torch.Tensor) -> TokenCounts:
     """:class:`TokenCounts` of an unpacked batch (TRL's ``attention_mask``, shape ``(2B, L)``)."""
-    return TokenCounts(real=int(attention_mask.sum()), padded=attention_mask.numel())
+    return TokenCounts(real=int(attention_mask.sum()), padded=attention_mask.numel(), forward=attention_mask.numel())
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -172,7 +185,8 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
         else:  # keep_end truncation kept different prompt tokens: two plain segments
             row.add(ids[c][: lengths[c]], prompt, c)
             row.add(ids[r][: lengths[r]], prompts[r], r, branch=REJECTED)
-    return row.packed(pairs, TokenCounts(real=sum(lengths), padded=rows * width, shared=row.shared), device)
+    counts = TokenCounts(real=sum(lengths), padded=rows * width, forward=len(row.ids), shared=row.shared)
+    return row.packed(pairs, counts, device)
 
 
 class _Row:

@@ -36,6 +36,14 @@ class Metric(enum.StrEnum):
     NAN_INF_LOSS = "nan_inf/loss"
     NAN_INF_GRAD = "nan_inf/grad"
     NAN_INF_GENUINE = "nan_inf/genuine"
+    PERF_TOKENS_PER_SECOND = "perf/tokens_per_second"
+    """Non-pad tokens the policy forward processed per second of optimizer step (:mod:`trainers.telemetry`)."""
+    PERF_PADDING_FRACTION = "perf/padding_fraction"
+    """Pad tokens over all tokens of the forward actually run (0 with the shared-prefix forward)."""
+    PERF_TOKENS_SAVED = "perf/tokens_saved"
+    """Prompt tokens per step the shared-prefix forward did not compute twice (0 without it)."""
+    PERF_MFU = "perf/mfu"
+    """Model FLOPs utilisation (0-1), reported where the accelerator's peak FLOP/s is known."""
 
     @property
     def held_out(self) -> str:
@@ -58,6 +66,8 @@ STEP_METRICS: tuple[Metric, ...] = (
     Metric.BETA_MIX_VALUE,
     Metric.NAN_INF_LOSS,
     Metric.NAN_INF_GRAD,
+    Metric.PERF_TOKENS_PER_SECOND,
+    Metric.PERF_MFU,
 )
 """The metrics a one-line step report shows, in order."""
 

@@ -139,6 +139,7 @@ def run_trial(
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     warm: bool = False,
+    peak_tflops: float | None = None,
 ) -> TrialResult:
     """Fine-tune one (loss, beta_kl, beta_mix, seed) and return its metrics and verdict.
 
@@ -153,6 +154,8 @@ def run_trial(
         warm: Take the base weights and tokenizer from this process's cache (:mod:`trainers.models.cache`), loading
             them only the first time, and free the accelerator memory the trial used when it ends: for a process
             that runs trial after trial. The trial starts from exactly the weights a cold load gives.
+        peak_tflops: Peak TFLOP/s of one accelerator for the ``perf/mfu`` metric (``resources.peak_tflops``);
+            ``None``: looked up by the CUDA device's name (:mod:`trainers.telemetry`), no MFU on a CPU.
 
     Returns:
         The :class:`TrialResult`. A diverged trial returns normally with ``verdict.status == "diverged"``.
@@ -178,6 +181,7 @@ def run_trial(
         callbacks=[collapse, *callbacks],
         loss=loss,
         shared_prefix=train.shared_prefix,
+        peak_tflops=peak_tflops,
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)

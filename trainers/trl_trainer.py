@@ -7,7 +7,9 @@ The subclass replaces only TRL's loss dispatch (``_compute_loss``) and the gradi
 * the pre-clip gradient norm comes with a count of non-finite gradient values, and
 * non-finite values are classified as numerical or genuine (:func:`trainers.collapse.classify_non_finite`), and
 * with ``shared_prefix`` (the default) the policy and reference log-probs come from one padding-free forward in which
-  chosen and rejected share their prompt (:mod:`trainers.packing`) instead of TRL's padded concatenated forward.
+  chosen and rejected share their prompt (:mod:`trainers.packing`) instead of TRL's padded concatenated forward, and
+* every step logs its throughput (``perf/*``: non-pad tokens/s, padding fraction, tokens saved, MFU;
+  :mod:`trainers.telemetry`).
 
 Everything else (tokenisation, truncation and collation, the precomputed reference log-probs, optimisation,
 DeepSpeed) is TRL's and transformers' own.
@@ -32,6 +34,7 @@ from trainers.config import LossConfig
 from trainers.losses import compute_loss, get_loss, mix_statistics
 from trainers.packing import TokenCounts, pack_pairs, padded_counts, sequence_logps, unsupported_reason
 from trainers.protocol import Metric
+from trainers.telemetry import ThroughputMeter, non_embedding_parameters, resolve_peak_tflops
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +125,19 @@ class RegistryDPOTrainer(DPOTrainer):
         loss: The loss and its hyper-parameters.
         shared_prefix: Score pairs with the shared-prefix, padding-free forward (:mod:`trainers.packing`) where the
             model takes it; otherwise (or when the model cannot) with TRL's padded concatenated forward.
+        peak_tflops: Peak TFLOP/s of one accelerator, for ``perf/mfu``; ``None``: looked up by the CUDA device's name
+            (:func:`~trainers.telemetry.peak_tflops_for`), no MFU where it is not known.
         **kwargs: Passed to ``DPOTrainer``.
 
     Attributes:
         shared_prefix: Whether the shared-prefix forward is in use.
         last_token_counts: :class:`~trainers.packing.TokenCounts` of the last batch scored (telemetry).
+        throughput: The callback that logs each step's ``perf/*`` metrics.
     """
 
-    def __init__(self, *args, loss: LossConfig, shared_prefix: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *args, loss: LossConfig, shared_prefix: bool = True, peak_tflops: float | None = None, **kwargs
+    ) -> None:
         self.loss_config = loss
         self.loss_spec = get_loss(loss.name)
         self.beta_mix: LearnableBetaMix | None = None
@@ -143,6 +151,17 @@ class RegistryDPOTrainer(DPOTrainer):
         shared_reference = _has_reference(train) and (held_out is None or _has_reference(held_out))
         with _without_model_hash() if shared_reference else contextlib.nullcontext():
             super().__init__(*args, **kwargs)
+        accelerator = self.accelerator
+        self.throughput = ThroughputMeter(
+            self._metrics["train"],
+            non_embedding_parameters(self.model),
+            resolve_peak_tflops(peak_tflops, "bf16" if self.args.bf16 else "fp32", accelerator.device),
+            devices=accelerator.num_processes,
+            reference_forward=not self.args.precompute_ref_log_probs,
+            gather=accelerator.gather,
+            device=accelerator.device,
+        )
+        self.add_callback(self.throughput)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name: str):
         """Pairs that come tokenised (by the sweep's shared reference pass, with this tokenizer and max length) are
@@ -212,6 +231,8 @@ class RegistryDPOTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         with record_function(PROFILE_RANGES[0]):
             logps, n_tokens = self._sequence_logps(model, inputs)
+        if mode == "train":
+            self.throughput.add(self.last_token_counts)
         with record_function(PROFILE_RANGES[1]):
             ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.dtype)
             if self.loss_spec.logp_reduction == "mean":

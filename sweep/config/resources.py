@@ -56,6 +56,13 @@ class ResourcesConfig:
         "``null``: one per trial worker with ``use_gpu`` (the 8 GPUs of an 8-worker trial score 1/8 of the pairs "
         "each), else 1 (in the driver on a local CPU instance).",
     )
+    peak_tflops: float | None = option(
+        None,
+        gt=0,
+        help="Peak TFLOP/s of one accelerator at the trial's precision, for the ``perf/mfu`` metric (model FLOPs "
+        "utilisation); ``null``: looked up by the CUDA device's name for H100, H200 and A100 (dense bf16 or fp32 "
+        "peak, ``trainers/telemetry.py``), no MFU on other devices or on CPUs.",
+    )
 
     def __post_init__(self) -> None:
         validate(self, label="resources")

@@ -6,7 +6,7 @@ terminal (``log_to_driver=False`` in :func:`sweep.cluster.connect.init_ray`). :c
 
 * one line when a trial starts, at each held-out evaluation, and when it ends (with its verdict and reason), and
 * every ``table_every_s`` seconds, a table of the trials with the numbers a user watches: step, loss, gradient
-  norm, held-out accuracy and status.
+  norm, held-out accuracy, status, non-pad tokens/s and, where the accelerator's peak is known, MFU.
 """
 
 from __future__ import annotations
@@ -28,8 +28,18 @@ from trainers.verdicts import VerdictConfig
 
 RESTORED_FINISHED = frozenset({Trial.TERMINATED, Trial.ERROR})
 """Tune statuses of a trial that has ended: one a resumed sweep restored so is never started again."""
-TABLE_COLUMNS = ("trial", "status", ReportKey.STEP.value, Metric.LOSS.value, Metric.GRAD_NORM.value, "held-out acc")
-"""The status table's columns: what a user watches while a sweep runs."""
+TOKENS_COLUMN, MFU_COLUMN = "tok/s", "mfu"
+TABLE_COLUMNS = (
+    "trial",
+    "status",
+    ReportKey.STEP.value,
+    Metric.LOSS.value,
+    Metric.GRAD_NORM.value,
+    "held-out acc",
+    TOKENS_COLUMN,
+    MFU_COLUMN,
+)
+"""The status table's columns: what a user watches while a sweep runs (``mfu`` only while some trial reports it)."""
 
 
 def _print_line(line: str) -> None:
@@ -41,6 +51,27 @@ def _number(value: Any) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
     return f"{value:.4g}" if not math.isnan(value) else "nan"
+
+
+def _rate(value: Any) -> str:
+    """Tokens/s, short: ``850``, ``12.3k``, ``1.2M``; ``-`` when not reported yet."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return _number(value)
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def _percent(value: Any) -> str:
+    """A fraction as a percentage with one decimal (MFU); ``-`` when not reported."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return _number(value)
+    return f"{100 * value:.1f}%"
+
+
+_FORMATS: dict[str, Callable[[Any], str]] = {TOKENS_COLUMN: _rate, MFU_COLUMN: _percent}
+"""How a column's cells are written (:func:`_number` for the others)."""
 
 
 class TrialProgress(Callback):
@@ -118,6 +149,8 @@ class TrialProgress(Callback):
         if kind == ReportType.TRAIN:
             row[Metric.LOSS.value] = result.get(Metric.LOSS)
             row[Metric.GRAD_NORM.value] = result.get(Metric.GRAD_NORM)
+            row[TOKENS_COLUMN] = result.get(Metric.PERF_TOKENS_PER_SECOND)
+            row[MFU_COLUMN] = result.get(Metric.PERF_MFU)
         if kind == ReportType.EVAL:
             row["held-out acc"] = result.get(HELD_OUT_ACCURACY, math.nan)
             return row["held-out acc"]
@@ -152,11 +185,15 @@ class TrialProgress(Callback):
 
 
 def status_table(rows: Any) -> str:
-    """The rows (dicts keyed by :data:`TABLE_COLUMNS`) as an aligned plain-text table."""
-    cells = [list(TABLE_COLUMNS)]
+    """The rows (dicts keyed by :data:`TABLE_COLUMNS`) as an aligned plain-text table; the ``mfu`` column only when
+    some row has an MFU (the accelerator's peak is known)."""
+    rows = list(rows)
+    columns = [c for c in TABLE_COLUMNS if c != MFU_COLUMN or any(row.get(c) is not None for row in rows)]
+    cells = [columns]
     for row in rows:
-        cells.append([str(row["trial"]), str(row["status"]), *(_number(row.get(c)) for c in TABLE_COLUMNS[2:])])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
+        numbers = (_FORMATS.get(c, _number)(row.get(c)) for c in columns[2:])
+        cells.append([str(row["trial"]), str(row["status"]), *numbers])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
     return "\n".join(lines)
 

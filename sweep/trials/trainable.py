@@ -70,7 +70,8 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
 
     Args:
         config: ``{"train": TrainConfig fields, "loss": LossConfig fields, "reference": ReferenceLogps fields or
-            None, "storage": check_trial_storage's arguments (its token None: no check)}``.
+            None, "storage": check_trial_storage's arguments (its token None: no check), "peak_tflops":
+            resources.peak_tflops}``.
         report: ``ray.tune.report`` in a one-process trial, ``ray.train.report`` on each worker of a multi-worker
             one (every rank reports; Ray Train forwards rank 0's reports to Tune).
         warm: Reuse the base weights and tokenizer this process already holds (:mod:`trainers.models.cache`).
@@ -97,7 +98,8 @@ def train_and_report(config: dict[str, Any], report: Callable[[dict[str, float]]
 
         check_trial_storage(**config["storage"])  # this node may have joined after the sweep's storage check
     reference = ReferenceLogps(**config["reference"]) if config.get("reference") else None
-    result = run_trial(train, loss, reference=reference, on_metrics=on_metrics, warm=warm)
+    peak_tflops = config.get("peak_tflops")
+    result = run_trial(train, loss, reference=reference, on_metrics=on_metrics, warm=warm, peak_tflops=peak_tflops)
     verdict = result.verdict
     final = {
         **latest,
@@ -230,7 +232,13 @@ def tune_trial(config: dict[str, Any]) -> None:
         "experiment": config["experiment"],
         "token": config.get("storage_token"),
     }
-    loop_config = {"train": train, "loss": trial["loss"], "reference": config.get("reference"), "storage": storage}
+    loop_config = {
+        "train": train,
+        "loss": trial["loss"],
+        "reference": config.get("reference"),
+        "storage": storage,
+        "peak_tflops": resources.get("peak_tflops"),
+    }
     if trains_in_process(resources["num_workers"], train.get("deepspeed")):
         _log_worker(Path(train["output_dir"]), rank=0)
         train_and_report(loop_config, ray.tune.report, warm=True)

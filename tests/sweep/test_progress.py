@@ -118,9 +118,9 @@ def test_status_table_shows_what_a_user_watches():
     header, table = lines[-1].split("\n", 1)
     assert header == "[sweep] trials: 1 running, 1 pending"
     rows = [line.split() for line in table.splitlines()]
-    assert rows[0] == ["trial", "status", "step", "loss", "grad_norm", "held-out", "acc"]
-    assert rows[1][-5:] == ["running", "2", "0.6123", "3.5", "0.625"]
-    assert rows[2][-5:] == ["pending", "-", "-", "-", "-"]
+    assert rows[0] == ["trial", "status", "step", "loss", "grad_norm", "held-out", "acc", "tok/s"]
+    assert rows[1][-6:] == ["running", "2", "0.6123", "3.5", "0.625", "-"]
+    assert rows[2][-6:] == ["pending", "-", "-", "-", "-", "-"]
 
 
 def test_status_table_shows_trials_a_resume_restored_as_finished_with_their_status(tmp_path):
@@ -142,14 +142,35 @@ def test_status_table_shows_trials_a_resume_restored_as_finished_with_their_stat
     header, table = lines[-1].split("\n", 1)
     assert header == "[sweep] trials: 1 stable, 1 errored, 1 pending"
     rows = [line.split() for line in table.splitlines()]
-    assert rows[1][-5:] == ["stable", "3", "0.4", "2.5", "0.875"]
-    assert rows[2][-5:] == ["errored", "-", "-", "-", "-"] and rows[3][-5:] == ["pending", "-", "-", "-", "-"]
+    assert rows[1][-6:] == ["stable", "3", "0.4", "2.5", "0.875", "-"]
+    assert rows[2][-6:] == ["errored", "-", "-", "-", "-", "-"] and rows[3][-6:] == ["pending", "-", "-", "-", "-", "-"]
 
 
 def test_status_table_aligns_columns():
     table = status_table([{"trial": "a", "status": "stable", "step": 10, "loss": math.nan}]).splitlines()
-    assert len(table) == 2 and len(TABLE_COLUMNS) == 6
+    assert len(table) == 2 and len(TABLE_COLUMNS) == 8
     assert table[0].index("status") == table[1].index("stable") and "nan" in table[1]
+
+
+def test_status_table_shows_tokens_per_second_and_mfu_only_where_a_trial_reports_it():
+    """Tokens/s is written short (``12.3k``); the MFU column (a percentage) appears only once some trial reports an
+    MFU (the accelerator's peak is known), so a CPU sweep's table stays as narrow as before."""
+    lines: list[str] = []
+    progress = _progress(lines, table_every_s=1e-9)
+    gpu, cpu = _trial("t9"), _trial("t10", "dpo")
+    for trial in (gpu, cpu):
+        progress.on_trial_start(0, [gpu, cpu], trial)
+    on_gpu = {**_train(1, 0.69), "perf/tokens_per_second": 12345.0, "perf/mfu": 0.4218}
+    on_cpu = {**_train(1, 0.69), "perf/tokens_per_second": 850.4}
+    progress.on_trial_result(0, [gpu, cpu], cpu, {str(k): v for k, v in on_cpu.items()})
+    progress.on_step_end(0, [gpu, cpu])
+    rows = [line.split() for line in lines[-1].split("\n", 1)[1].splitlines()]
+    assert rows[0][-2:] == ["acc", "tok/s"] and rows[2][-2:] == ["-", "850"]
+    progress.on_trial_result(0, [gpu, cpu], gpu, {str(k): v for k, v in on_gpu.items()})
+    progress.on_step_end(0, [gpu, cpu])
+    rows = [line.split() for line in lines[-1].split("\n", 1)[1].splitlines()]
+    assert rows[0][-3:] == ["acc", "tok/s", "mfu"]
+    assert rows[1][-3:] == ["-", "12.3k", "42.2%"] and rows[2][-3:] == ["-", "850", "-"]
 
 
 def test_a_one_worker_trial_holds_its_worker_resources_in_its_own_process():

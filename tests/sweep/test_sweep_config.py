@@ -88,6 +88,15 @@ def test_bad_verdict_thresholds_and_forms_are_rejected_naming_the_field(override
         load_sweep_config("smoke", [override])
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_peak_tflops_not_above_zero_is_rejected_naming_the_field(value):
+    """The MFU's denominator: a peak of 0 or below (or NaN) is refused before any cluster work, naming the field."""
+    with pytest.raises(ConfigError, match=r"resources\.peak_tflops must be a finite number > 0"):
+        load_sweep_config("smoke", [f"resources.peak_tflops={value}"])
+    assert load_sweep_config("smoke").resources.peak_tflops is None  # looked up by device name in the trial
+    assert load_sweep_config("smoke", ["resources.peak_tflops=989"]).resources.peak_tflops == 989
+
+
 def test_reference_shards_default_to_one_per_gpu_worker():
     """A GPU trial's workers share the reference pass (one shard each); on CPU it stays whole unless asked."""
     assert load_sweep_config("mistral7b_seed").resources.reference_shard_count() == 8

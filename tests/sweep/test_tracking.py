@@ -34,7 +34,7 @@ from sweep.tracking.runs import (
     scrub,
 )
 from trainers.collapse import DivergenceConfig
-from trainers.protocol import TrialStatus
+from trainers.protocol import Metric, TrialStatus
 from trainers.verdicts import VerdictConfig
 
 
@@ -317,6 +317,28 @@ class _Unreachable:
             raise ConnectionError("tracking server down")
 
         return fail
+
+
+def test_a_steps_throughput_reaches_the_trials_run_as_step_metrics(sqlite_uri):
+    """The ``perf/*`` metrics a trial reports with each training step (non-pad tokens/s, padding fraction, tokens
+    saved, MFU) are logged on its run like any other step metric, one point per step."""
+    tracker = _browsed_tracker(sqlite_uri, "perf")
+    tracker.start()
+    trial = _trial("tperf")
+    perf = {
+        Metric.PERF_TOKENS_PER_SECOND: 1234.5,
+        Metric.PERF_PADDING_FRACTION: 0.0,
+        Metric.PERF_TOKENS_SAVED: 321.0,
+        Metric.PERF_MFU: 0.42,
+    }
+    _report(tracker, trial, {**_train(1), **perf}, {**_train(2), **perf, Metric.PERF_TOKENS_SAVED: 300.0})
+    assert tracker.flush(force=True)
+    run_id = tracker.trial_runs["tperf"]
+    for name, value in perf.items():
+        history = sorted(tracker.client.get_metric_history(run_id, name), key=lambda m: m.step)
+        expected = [value, 300.0 if name == Metric.PERF_TOKENS_SAVED else value]
+        assert [(m.step, m.value) for m in history] == list(zip((1, 2), expected, strict=True)), name
+    assert tracker.close() == 0
 
 
 def test_a_trial_ended_during_an_outage_keeps_its_end_time(sqlite_uri):

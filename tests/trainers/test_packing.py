@@ -113,7 +113,7 @@ def test_packed_row_has_no_padding_and_holds_each_prompt_once(case):
     assert counts.real == int(batch["attention_mask"].sum())
     assert counts.padded == batch["input_ids"].numel()
     assert counts.shared == shared
-    assert packed.input_ids.shape == (1, counts.packed)
+    assert packed.input_ids.shape == (1, counts.computed) and counts.forward == counts.computed and counts.padding == 0
 
 
 def test_keep_start_truncation_shares_the_prompt_and_cuts_each_completion_at_max_length():
@@ -275,7 +275,7 @@ def test_token_counts_of_both_paths(tiny_trainer):
     assert packed_counts.real == padded_counts.real == int(batch["attention_mask"].sum())
     assert packed_counts.padded == padded_counts.padded == batch["input_ids"].numel()
     assert padded_counts.shared == 0 < packed_counts.shared
-    assert packed_counts.packed < packed_counts.real < packed_counts.padded
+    assert packed_counts.forward == packed_counts.computed < packed_counts.real < packed_counts.padded
 
 
 def _trial(model_dir: Path, output_dir: Path, data: PreferenceData, shared_prefix: bool, steps: int):
