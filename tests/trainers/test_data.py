@@ -28,9 +28,11 @@ from trainers.data import (
     EMBEDDED_EVAL_SIZE,
     EMBEDDED_SEED,
     EMBEDDED_TRAIN_SIZE,
+    LONG_TASK_NAMES,
     TASK_NAMES,
     PreferenceData,
     PreferenceDataError,
+    generate_long_form_pairs,
     generate_verifiable_pairs,
     load_preference_data,
 )
@@ -80,14 +82,19 @@ def _question(row: dict) -> str:
 # --------------------------------------------------------------------------------------- bundled set
 
 
-def test_generator_is_deterministic_and_prefix_stable():
-    first = generate_verifiable_pairs(60, seed=3)
-    assert first == generate_verifiable_pairs(60, seed=3)
-    assert generate_verifiable_pairs(25, seed=3) == first[:25]
-    assert first != generate_verifiable_pairs(60, seed=4)
-    assert [row["task"] for row in first[: len(TASK_NAMES)]] == list(TASK_NAMES)
+@pytest.mark.parametrize(
+    ("generate", "task_names"),
+    [(generate_verifiable_pairs, TASK_NAMES), (generate_long_form_pairs, LONG_TASK_NAMES)],
+    ids=["embedded", "embedded-long"],
+)
+def test_generator_is_deterministic_and_prefix_stable(generate, task_names):
+    first = generate(30, seed=3)
+    assert first == generate(30, seed=3)
+    assert generate(12, seed=3) == first[:12]
+    assert first != generate(30, seed=4)
+    assert [row["task"] for row in first[: len(task_names)]] == list(task_names)
     with pytest.raises(ValueError, match="positive integer"):
-        generate_verifiable_pairs(0, seed=3)
+        generate(0, seed=3)
 
 
 def test_every_embedded_pair_is_verifiably_correct_and_rejected_is_wrong():

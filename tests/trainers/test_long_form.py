@@ -9,8 +9,6 @@ import math
 import re
 from collections import Counter
 
-import pytest
-
 from trainers.data import (
     COLUMNS,
     EMBEDDED_DATA,
@@ -141,16 +139,6 @@ def _split(task: str, answer: str) -> tuple[list[str], str | None]:
 
 
 # ---------------------------------------------------------------------------------------------------- the set
-
-
-def test_generator_is_deterministic_and_prefix_stable():
-    first = generate_long_form_pairs(30, seed=5)
-    assert first == generate_long_form_pairs(30, seed=5)
-    assert generate_long_form_pairs(12, seed=5) == first[:12]
-    assert first != generate_long_form_pairs(30, seed=6)
-    assert [row["task"] for row in first[: len(LONG_TASK_NAMES)]] == list(LONG_TASK_NAMES)
-    with pytest.raises(ValueError, match="positive integer"):
-        generate_long_form_pairs(0, seed=5)
 
 
 def test_chosen_working_is_correct_and_rejected_has_one_mistake_carried_through():
