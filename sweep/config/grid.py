@@ -44,7 +44,7 @@ class GridConfig:
         "``literal`` is the published expression as written, ``stable`` its log-space rewrite.",
     )
     seeds: list[int] = option(
-        [0], nonempty=True, unique=True, help="Random seeds; the failure rate of a cell is taken across them."
+        [0], nonempty=True, unique=True, help="Random seeds; the failed rate of a cell is taken across them."
     )
     tau: float = option(DISCOPOP_TAU, gt=0, help="LRML mixing temperature.")
     beta_mix_lr: float = option(1e-2, gt=0, help="Learning rate of the learnable beta_mix (``dlrml_learnable``).")
@@ -115,7 +115,7 @@ class AdaptiveConfig:
         gt=0,
         le=1,
         help="A cell on the stability boundary, all of whose seeds are stable so far, gets another seed while the "
-        "95 % Wilson interval of its failure rate is wider than this (0 failures in 1 seed: 0.79, 2: 0.66, 3: 0.56).",
+        "95 % Wilson interval of its failed rate is wider than this (0 failures in 1 seed: 0.79, 2: 0.66, 3: 0.56).",
     )
 
     def __post_init__(self) -> None:

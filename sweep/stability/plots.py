@@ -116,7 +116,11 @@ def _outline_legend(fig: Figure, stable_threshold: float) -> None:
     handle = Line2D([], [], color=_OUTLINE_COLOUR, linewidth=3.0)
     fig.legend(
         [handle],
-        [f"stable region (failure rate \u2264 {stable_threshold:g})"],
+        [
+            "stable region (no failed trial)"
+            if stable_threshold == 0
+            else f"stable region (failed rate \u2264 {stable_threshold:g})"
+        ],
         loc="outside lower center",
         frameon=False,
         fontsize=9,
