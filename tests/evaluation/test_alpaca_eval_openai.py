@@ -14,7 +14,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,12 +26,13 @@ from evaluation.alpaca_eval.pipeline import score_outputs
 from evaluation.judge_client import JudgeError
 from tests.evaluation.test_alpaca_eval import shown_outputs
 from tests.evaluation.test_mt_bench_openai import LLAMA_ALIAS, LLAMA_KEY, llama_server  # noqa: F401 - the shared fixture
+from tests.http_servers import LocalHTTPServer
 
 KEY_ENV = "DLRML_TEST_JUDGE_KEY"
 SECRET = "sk-alpaca-test-7f1d20c9"
 
 
-class LogprobChatServer:
+class LogprobChatServer(LocalHTTPServer):
     """``POST /v1/chat/completions`` answering one token with ``top_logprobs``: ``m`` at log-prob -0.2 and ``M`` at
     -1.7 when the first output is longer, the reverse otherwise. ``mode`` is ``"ok"``, ``"no_logprobs"`` or
     ``"malformed"``; ``actions`` holds HTTP statuses to answer the next requests with."""
@@ -41,17 +42,7 @@ class LogprobChatServer:
         self.actions: deque[int] = deque()
         self.requests: list[tuple[dict[str, str], dict]] = []
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__()
 
     def completion(self, body: dict) -> dict:
         first, second = shown_outputs((body["messages"][0]["content"], body["messages"][1]["content"]))

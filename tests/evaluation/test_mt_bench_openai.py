@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,13 @@ from evaluation.judge_client import NO_AUTH_API_KEY, JudgeError, OpenAIJudge
 from evaluation.mt_bench.config import EvalConfig
 from evaluation.mt_bench.pipeline import judge_answers, load_mt_bench_data, run_mt_bench
 from evaluation.mt_bench.prompts import parse_rating, rating_to_score
+from tests.http_servers import LocalHTTPServer
 
 KEY_ENV = "DLRML_TEST_JUDGE_KEY"
 SECRET = "sk-dlrml-test-3c9e71b2a54f4d08"
 
 
-class ScriptedChatServer:
+class ScriptedChatServer(LocalHTTPServer):
     """A real HTTP server answering ``POST /v1/chat/completions``.
 
     Each request consumes one scripted action from ``actions`` if any: an int answers with that HTTP
@@ -50,18 +51,7 @@ class ScriptedChatServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

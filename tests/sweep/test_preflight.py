@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,6 +16,7 @@ from sweep.scoring.alpaca_eval.preflight import check_alpaca_eval
 from sweep.scoring.mt_bench.preflight import check_mt_bench
 from sweep.scoring.preflight import check_generation_backends
 from tests.evaluation.test_mt_bench_openai import LLAMA_ALIAS, LLAMA_KEY, llama_server  # noqa: F401 - the shared fixture
+from tests.http_servers import LocalHTTPServer
 
 SCORED = ["mt_bench.policy=all", "train.save_model=true"]
 KEY_ENV = "DLRML_TEST_JUDGE_KEY"
@@ -55,23 +55,13 @@ def test_unreachable_judge_endpoint_is_reported(monkeypatch):
         check_mt_bench(config)
 
 
-class FailingServer:
+class FailingServer(LocalHTTPServer):
     """A real HTTP server that accepts every connection and answers every request (any method, any path) with an
     error status, except the methods listed in ``ok`` (answered ``200 {}``); it counts the requests."""
 
     def __init__(self, status: int, ok: tuple[str, ...] = ()) -> None:
         self.status, self.ok, self.requests = status, ok, []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
