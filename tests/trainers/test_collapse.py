@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +126,38 @@ def test_grad_norm_explosion_against_running_median():
     verdict = monitor.update(5, _step(grad_norm=25.5))
     assert (verdict.reason, verdict.step, verdict.kind) == ("grad_norm_explosion", 5, None)
     assert verdict.detail == "grad_norm=25.5 > 25"
+
+
+def _recorded_steps(loss: str, beta_kl: float) -> list[dict[str, float]]:
+    """A trial's training steps from ``data/recorded_default_grid_30_steps.json`` (the default grid at 30 steps)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "recorded_default_grid_30_steps.json").read_text())
+    (trial,) = [t for t in recorded["trials"] if (t["loss"], t["beta_kl"]) == (loss, beta_kl)]
+    return [_step(r["loss"], r["grad_norm"]) for r in trial["reports"] if r["report/type"] == 0]
+
+
+def test_a_trial_that_fits_its_pairs_does_not_explode_on_one_ordinary_batch():
+    """Recorded: the default grid's dLRML at beta_kl 1 (beta_mix 0.2) fits its 40 training pairs by step 11 (loss
+    ~0, norms down to 0.001), so the running median of its norms falls to 9.9 by step 29; at step 30 one batch has
+    loss 1.61 and norm 131.7, more than 10 x 9.9. The grace period's norms (35.7, 52.1, 167.8; median 52.1) put the
+    floor at 521: that batch is ordinary for this loss (step 8 had 196.9), not an explosion, and the rule without the
+    floor (the running median alone) stopped this trial as diverged. Trained on (the recorded rerun), it reaches
+    step 36 without another such batch."""
+    steps = _recorded_steps("dlrml", 1.0)
+    norms = [s["grad_norm"] for s in steps]
+    assert len(steps) == 36 and norms[29] > 10 * statistics.median(norms[:29])  # what the median alone saw
+    monitor = DivergenceMonitor(DivergenceConfig())
+    assert _feed(monitor, steps) == [None] * 36
+    # An explosion after the same history still fires: above 10 x the grace period's median.
+    verdict = monitor.update(37, _step(1.0, 10 * statistics.median(norms[:3]) + 1))
+    assert (verdict.reason, verdict.step) == ("grad_norm_explosion", 37)
+
+
+def test_the_grace_floor_never_lowers_the_threshold():
+    """Small grace norms (1, 1, 1; floor 10) then seven of 9: the running median (9, threshold 90) sets the bar."""
+    monitor = DivergenceMonitor(DivergenceConfig(grace_steps=3, grad_norm_factor=10.0))
+    assert _feed(monitor, [_step(grad_norm=n) for n in (1.0, 1.0, 1.0, *[9.0] * 7)]) == [None] * 10
+    assert monitor.update(11, _step(grad_norm=89.0)) is None
+    assert monitor.update(12, _step(grad_norm=91.0)).reason == "grad_norm_explosion"
 
 
 @pytest.mark.parametrize(("window", "fires"), [(3, False), (50, True)])
