@@ -17,6 +17,7 @@ import pytest
 from sweep.config import CONFIG_DIR, ConfigError, SweepConfig, load_sweep_config, shipped_configs
 from tests.procs import run
 from trainers.losses import LOSSES
+from trainers.reference.shards import reference_train_config
 from trainers.typed_config import apply_overrides, field_docs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -537,3 +538,18 @@ def test_vllm_generation_is_accepted_on_gpu_trials():
         ["resources.use_gpu=true", "mt_bench.eval.generation_backend=vllm", "alpaca_eval.eval.generation_backend=vllm"],
     )
     assert config.mt_bench.eval.generation_backend == config.alpaca_eval.eval.generation_backend == "vllm"
+
+
+def test_every_shipped_config_gives_the_reference_pass_a_valid_config(tmp_path):
+    """The reference pass builds its trainer from the sweep's trial config cut to one step; the trial-length rules
+    (``min_steps``, ``extend_until_settled``) must go with it, or ``discopop_beta_sweep`` (min_steps 9) fails in the
+    reference pass after the cluster has started."""
+    for name in shipped_configs():
+        train = load_sweep_config(name).train
+        reference = reference_train_config(train, tmp_path / name)
+        assert (reference.max_steps, reference.min_steps, reference.extend_until_settled) == (1, None, 0), name
+        assert (reference.model, reference.max_length, reference.precision) == (
+            train.model,
+            train.max_length,
+            train.precision,
+        ), name

@@ -106,6 +106,25 @@ class _ShardTrainer(RegistryDPOTrainer):
         return super()._precompute_ref_logps(dataset.select(range(start, end)), name, batch_size)
 
 
+def reference_train_config(train: TrainConfig, output_dir: Path) -> TrainConfig:
+    """The trial config the reference pass builds its trainer from: the sweep's, for one step of one process.
+
+    No DeepSpeed (the reference forward of a single model needs no sharding across trials), no saved model, and none
+    of the trial-length rules (``min_steps``, ``extend_until_settled``), which one step would contradict.
+    """
+    return TrainConfig(
+        **{
+            **train.as_dict(),
+            "max_steps": 1,
+            "min_steps": None,
+            "extend_until_settled": 0,
+            "save_model": False,
+            "deepspeed": None,
+            "output_dir": str(output_dir),
+        }
+    )
+
+
 def compute_reference_shard(
     train: TrainConfig, data: PreferenceData, out_dir: str | Path, shard: int = 0, shards: int = 1
 ) -> ShardRanges:
@@ -128,19 +147,7 @@ def compute_reference_shard(
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} of {shards} does not exist")
     out_dir = Path(out_dir)
-    config = build_dpo_config(
-        # One process, no DeepSpeed: the reference forward of a single model needs no sharding across trials.
-        TrainConfig(
-            **{
-                **train.as_dict(),
-                "max_steps": 1,
-                "save_model": False,
-                "deepspeed": None,
-                "output_dir": str(out_dir / "run"),
-            }
-        ),
-        LossConfig("dpo", beta_kl=0.1),
-    )
+    config = build_dpo_config(reference_train_config(train, out_dir / "run"), LossConfig("dpo", beta_kl=0.1))
     trainer = _ShardTrainer(
         model=load_model(train.model, dtype=PRECISION_DTYPES[train.precision]),
         args=config,
