@@ -39,13 +39,13 @@ def run_logged(command: list[str], log_path: Path) -> tuple[float, float]:
     return launched, wall
 
 
-def sweep_command(name: str, storage: Path, overrides: list[str]) -> list[str]:
-    """``python sweep/run.py --config smoke --no-mlflow`` with the bench's storage and overrides."""
+def sweep_command(name: str, storage: Path, overrides: list[str], config: str = "smoke") -> list[str]:
+    """``python sweep/run.py --config CONFIG --no-mlflow`` with the bench's storage and overrides."""
     return [
         sys.executable,
         str(ROOT / "sweep" / "run.py"),
         "--config",
-        "smoke",
+        config,
         "--no-mlflow",
         "--name",
         name,

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from _common import ROOT, load_average, run_logged, trials_table, tune_results
+from _common import ROOT, load_average, run_logged, sweep_command, trials_table, tune_results
 
 sys.path.insert(0, str(ROOT))  # run as a script (python bench/horizon.py): make the project importable
 
@@ -50,20 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sweep(config: str, name: str, storage: Path, overrides: list[str]) -> tuple[pd.DataFrame, float]:
-    command = [
-        sys.executable,
-        str(ROOT / "sweep" / "run.py"),
-        "--config",
-        config,
-        "--no-mlflow",
-        "--name",
-        name,
-        f"storage_path={storage}",
-        "mt_bench.policy=none",
-        "alpaca_eval.policy=none",
-        *overrides,
-    ]
-    _, wall = run_logged(command, storage / f"{name}.log")
+    scoring_off = ["mt_bench.policy=none", "alpaca_eval.policy=none"]
+    _, wall = run_logged(sweep_command(name, storage, [*scoring_off, *overrides], config), storage / f"{name}.log")
     return trials_table(storage, name), wall
 
 

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from trainers.protocol import HELD_OUT_ACCURACY
 from trainers.trl_trainer import CollapseCallback
-from trainers.verdicts import VerdictConfig, judge_behaviour
+from trainers.verdicts import VerdictConfig, stops_at
 
 
 class SettleCallback(TrainerCallback):
@@ -47,6 +47,5 @@ class SettleCallback(TrainerCallback):
         if state.global_step < self.from_step:
             return
         evaluations = [h for h in self.collapse.history if HELD_OUT_ACCURACY in h]
-        verdict = judge_behaviour(evaluations, self.n_pairs, self.config)
-        if verdict is None or verdict.settled:
+        if stops_at(evaluations, self.n_pairs, self.config):
             control.should_training_stop = True

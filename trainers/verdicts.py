@@ -215,3 +215,11 @@ def judge_behaviour(
     if because is None:
         return verdict
     return BehaviourVerdict(verdict.status, verdict.reason, verdict.evidence, settled=False, unsettled_because=because)
+
+
+def stops_at(evaluations: Sequence[Mapping[str, float]], n_pairs: int, config: VerdictConfig) -> bool:
+    """Whether a trial stops at the last of its held-out ``evaluations`` (once it may stop at all): its verdict has
+    settled, or there is nothing to judge. The one rule :class:`trainers.settling.SettleCallback` applies during
+    training and :func:`sweep.trials.horizon.status_at_horizon` replays on recorded reports."""
+    verdict = judge_behaviour(evaluations, n_pairs, config)
+    return verdict is None or verdict.settled

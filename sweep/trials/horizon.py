@@ -4,7 +4,7 @@ With a constant learning-rate schedule a trial's first steps do not depend on ho
 the optimizer and the evaluations are the same), so a trial planned for ``max_steps`` (extended by up to
 ``extend_until_settled`` while its verdict is unsettled, stopped from ``min_steps`` once it settles) would have
 reported exactly the longer trial's reports up to the step where it stops. :func:`status_at_horizon` finds that step
-with the trial's own rules (:class:`trainers.settling.SettleCallback`, the divergence monitor) and applies
+with the trial's own rules (:func:`trainers.verdicts.stops_at`, the divergence monitor) and applies
 :func:`sweep.trials.rows.trial_status` to the reports up to it: one long run answers both horizons of
 ``bench/horizon.py``, and recorded runs test the verdict rules at any horizon without training.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 
 from trainers.collapse import DivergenceConfig
 from trainers.protocol import HELD_OUT_ACCURACY, ReportKey, ReportType, TrialStatus
-from trainers.verdicts import VerdictConfig, judge_behaviour
+from trainers.verdicts import VerdictConfig, judge_behaviour, stops_at
 
 from .rows import replay_verdict, trial_status
 
@@ -57,11 +57,9 @@ def status_at_horizon(
     first = min_steps if min_steps is not None else max_steps
     for i, record in enumerate(records):
         step = int(record[ReportKey.STEP])
-        if first <= step <= end:
-            behaviour = judge_behaviour(records[: i + 1], n_pairs, verdicts)
-            if behaviour is None or behaviour.settled:
-                end = step
-                break
+        if first <= step <= end and stops_at(records[: i + 1], n_pairs, verdicts):
+            end = step
+            break
     verdict = replay_verdict(reports[reports[ReportKey.STEP] <= end], divergence)
     if verdict.diverged:
         status, reason = trial_status(verdict, None, {ReportKey.STEP: verdict.step}, None)

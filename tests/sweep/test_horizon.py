@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from sweep.trials.horizon import status_at_horizon
+from tests.sweep.test_trial_rows import held_out, train
 from trainers.collapse import DivergenceConfig
-from trainers.protocol import HELD_OUT_ACCURACY, Failure, ReportKey, ReportType, TrialStatus
+from trainers.protocol import Failure, TrialStatus
 from trainers.verdicts import VerdictConfig
 
 N_PAIRS = 64
@@ -23,15 +24,12 @@ RECORDED = json.loads(
 
 
 def _history(accuracies: dict[int, float], last_step: int, norms: dict[int, float] | None = None) -> pd.DataFrame:
-    """Training steps 1..last_step (loss 0.6, grad norm 1 unless given) and held-out evaluations at the given steps."""
+    """Training steps 1..last_step (grad norm 1 unless given) and held-out evaluations at the given steps."""
     rows = []
     for step in range(1, last_step + 1):
-        norm = (norms or {}).get(step, 1.0)
-        rows.append({ReportKey.STEP: step, ReportKey.REPORT_TYPE: ReportType.TRAIN, "loss": 0.6, "grad_norm": norm})
+        rows.append(train(step, loss=0.6, grad_norm=(norms or {}).get(step, 1.0)))
         if step in accuracies:
-            rows.append(
-                {ReportKey.STEP: step, ReportKey.REPORT_TYPE: ReportType.EVAL, HELD_OUT_ACCURACY: accuracies[step]}
-            )
+            rows.append(held_out(step, accuracies[step]))
     return pd.DataFrame(rows)
 
 
